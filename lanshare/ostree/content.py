@@ -1,0 +1,174 @@
+"""Content objects: file headers, their checksums, and the archive ``.filez`` format.
+
+A content object's name is SHA-256 over: the file header ``(uuuusa(ayay))`` framed as
+big-endian u32 size + 4 zero bytes + the header bytes, then the file's raw data.  In an archive
+repository the object is stored as ``.filez``: the same framing around the archive header
+``(tuuuusa(ayay))`` (which adds the uncompressed size), then the data as raw deflate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from lanshare import gvariant
+from lanshare.errors import CorruptObject
+from lanshare.gvariant import GVariantError, swap32, swap64
+from lanshare.ostree.objects import ARCHIVE_HEADER_TYPE, FILE_HEADER_TYPE, Xattrs
+
+# libostree's default zlib level for archive repositories (OSTREE_ARCHIVE_DEFAULT_COMPRESSION_LEVEL).
+COMPRESSION_LEVEL = 6
+CHUNK = 256 * 1024
+# Headers are small (mode, owner, symlink target, xattrs); anything bigger is hostile.
+MAX_HEADER_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    """Ownership, mode, symlink target and xattrs of a content object; ``size`` for regular files."""
+
+    uid: int
+    gid: int
+    mode: int
+    symlink_target: str = ""
+    xattrs: Xattrs = field(default_factory=list)
+    size: int = 0
+    rdev: int = 0
+
+    @property
+    def is_symlink(self) -> bool:
+        """True for a symbolic link (no data, only a target)."""
+        return stat.S_ISLNK(self.mode)
+
+    def checksum_prefix(self) -> bytes:
+        """The framed file header that starts the object's checksummed bytes."""
+        header = gvariant.encode(
+            FILE_HEADER_TYPE,
+            (
+                swap32(self.uid),
+                swap32(self.gid),
+                swap32(self.mode),
+                swap32(self.rdev),
+                self.symlink_target,
+                self.xattrs,
+            ),
+        )
+        return _frame(header)
+
+    def archive_prefix(self) -> bytes:
+        """The framed archive header that starts a ``.filez`` object."""
+        header = gvariant.encode(
+            ARCHIVE_HEADER_TYPE,
+            (
+                swap64(self.size),
+                swap32(self.uid),
+                swap32(self.gid),
+                swap32(self.mode),
+                swap32(self.rdev),
+                self.symlink_target,
+                self.xattrs,
+            ),
+        )
+        return _frame(header)
+
+
+def _frame(header: bytes) -> bytes:
+    # _ostree_write_variant_with_size: BE u32 length, 4 bytes of padding to 8-align, the variant.
+    return struct.pack(">I", len(header)) + b"\0\0\0\0" + header
+
+
+def _validate(header: FileHeader, where: str) -> FileHeader:
+    if stat.S_ISLNK(header.mode):
+        if not header.symlink_target or header.size:
+            raise CorruptObject(where, "symlink without a target, or with data")
+    elif stat.S_ISREG(header.mode):
+        if header.symlink_target:
+            raise CorruptObject(where, "regular file with a symlink target")
+    else:
+        raise CorruptObject(where, f"mode {header.mode:o} is neither a regular file nor a symlink")
+    return header
+
+
+def parse_archive_header(prefix: bytes, where: str) -> FileHeader:
+    """Parse the archive header bytes (without the 8-byte frame)."""
+    try:
+        size, uid, gid, mode, rdev, target, xattrs = gvariant.decode(ARCHIVE_HEADER_TYPE, prefix)
+    except GVariantError as e:
+        raise CorruptObject(where, f"malformed archive file header: {e}") from None
+    return _validate(
+        FileHeader(swap32(uid), swap32(gid), swap32(mode), target, xattrs, swap64(size), swap32(rdev)), where
+    )
+
+
+def read_archive_header(stream: BinaryIO, where: str) -> FileHeader:
+    """Read and parse the framed archive header at the start of a ``.filez`` stream."""
+    frame = stream.read(8)
+    if len(frame) != 8:
+        raise CorruptObject(where, "truncated before the file header")
+    (length,) = struct.unpack(">I", frame[:4])
+    if length > MAX_HEADER_SIZE:
+        raise CorruptObject(where, f"file header claims {length} bytes (limit {MAX_HEADER_SIZE})")
+    data = stream.read(length)
+    if len(data) != length:
+        raise CorruptObject(where, "truncated inside the file header")
+    return parse_archive_header(data, where)
+
+
+def inflate(stream: BinaryIO, header: FileHeader, where: str) -> Iterator[bytes]:
+    """Yield the file's data from the raw-deflate payload, never more than the declared size."""
+    if header.is_symlink:
+        if stream.read(1):
+            raise CorruptObject(where, "symlink object has trailing data")
+        return
+    remaining = header.size
+    inflater = zlib.decompressobj(-15)
+    while not inflater.eof:
+        chunk = inflater.unconsumed_tail or stream.read(CHUNK)
+        if not chunk:
+            raise CorruptObject(where, "compressed data is truncated")
+        try:
+            # max_length bounds memory: at most one byte past what the header declared.
+            out = inflater.decompress(chunk, min(CHUNK, remaining + 1))
+        except zlib.error as e:
+            raise CorruptObject(where, f"compressed data is corrupt: {e}") from None
+        if len(out) > remaining:
+            raise CorruptObject(where, f"data inflates past its declared size of {header.size} bytes")
+        remaining -= len(out)
+        if out:
+            yield out
+    if remaining:
+        raise CorruptObject(where, f"data is {remaining} bytes shorter than its declared size")
+    if inflater.unused_data or stream.read(1):
+        raise CorruptObject(where, "trailing bytes after the compressed data")
+
+
+def checksum_filez(stream: BinaryIO, where: str) -> tuple[str, FileHeader]:
+    """Checksum a ``.filez`` stream the way libostree names it; raises CorruptObject if malformed."""
+    header = read_archive_header(stream, where)
+    digest = hashlib.sha256(header.checksum_prefix())
+    for chunk in inflate(stream, header, where):
+        digest.update(chunk)
+    return digest.hexdigest(), header
+
+
+def compress_chunks(header: FileHeader, chunks: Iterator[bytes], level: int = COMPRESSION_LEVEL) -> Iterator[bytes]:
+    """Yield a ``.filez`` object's bytes for a file given as data chunks."""
+    yield header.archive_prefix()
+    if header.is_symlink:
+        return
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -15)
+    for chunk in chunks:
+        out = deflater.compress(chunk)
+        if out:
+            yield out
+    yield deflater.flush()
+
+
+def content_checksum(header: FileHeader, data: bytes) -> str:
+    """The object name of a file with this header and data."""
+    return hashlib.sha256(header.checksum_prefix() + data).hexdigest()

@@ -1,0 +1,240 @@
+"""OSTree object kinds and their GVariant formats, as libostree writes them.
+
+Metadata objects (commit, dirtree, dirmeta, commitmeta) are named by the SHA-256 of their
+serialized bytes.  Content objects are named by the SHA-256 of a size-prefixed file header
+followed by the file's raw data; see :mod:`lanshare.ostree.content`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from lanshare import gvariant
+from lanshare.errors import CorruptObject
+from lanshare.gvariant import GVariantError, Variant, swap32, swap64
+
+COMMIT_TYPE = "(a{sv}aya(say)sstayay)"
+DIRTREE_TYPE = "(a(say)a(sayay))"
+DIRMETA_TYPE = "(uuua(ayay))"
+METADATA_TYPE = "a{sv}"
+FILE_HEADER_TYPE = "(uuuusa(ayay))"
+ARCHIVE_HEADER_TYPE = "(tuuuusa(ayay))"
+
+# libostree refuses metadata objects above OSTREE_MAX_METADATA_SIZE; so do we, before parsing.
+MAX_METADATA_SIZE = 128 * 1024 * 1024
+
+_CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
+
+Xattrs = list[tuple[bytes, bytes]]
+
+
+class ObjectType(enum.Enum):
+    """An object kind, valued by its file extension in an archive repository."""
+
+    FILE = "filez"
+    DIR_TREE = "dirtree"
+    DIR_META = "dirmeta"
+    COMMIT = "commit"
+    COMMIT_META = "commitmeta"
+    TOMBSTONE_COMMIT = "commit-tombstone"
+
+    @property
+    def is_meta(self) -> bool:
+        """True for objects named by the checksum of their own bytes."""
+        return self is not ObjectType.FILE
+
+    @classmethod
+    def from_extension(cls, ext: str) -> ObjectType:
+        """Map an archive file extension (``filez``, ``commit``…) to its type."""
+        try:
+            return cls(ext)
+        except ValueError:
+            raise ValueError(f"unknown object extension {ext!r}") from None
+
+
+def is_checksum(text: str) -> bool:
+    """True if ``text`` is a full lowercase hex SHA-256."""
+    return bool(_CHECKSUM_RE.match(text))
+
+
+def checksum_to_bytes(checksum: str) -> bytes:
+    """Hex checksum to its 32 raw bytes (how OSTree stores references between objects)."""
+    if not is_checksum(checksum):
+        raise ValueError(f"not a checksum: {checksum!r}")
+    return bytes.fromhex(checksum)
+
+
+def checksum_from_bytes(raw: bytes, where: str) -> str:
+    """32 raw bytes to hex, with a clear error naming ``where`` they were found."""
+    if len(raw) != 32:
+        raise CorruptObject(where, f"embedded checksum has {len(raw)} bytes instead of 32")
+    return raw.hex()
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the name of a metadata object with these bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode(signature: str, data: bytes, where: str) -> Any:
+    if len(data) > MAX_METADATA_SIZE:
+        raise CorruptObject(where, f"{len(data)} bytes is larger than the metadata limit")
+    try:
+        return gvariant.decode(signature, data)
+    except GVariantError as e:
+        raise CorruptObject(where, f"malformed {signature}: {e}") from None
+
+
+def validate_filename(name: str, where: str) -> str:
+    """Reject dirtree entry names that could escape a checkout (as libostree does)."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise CorruptObject(where, f"invalid file name {name!r} in directory listing")
+    return name
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit object: metadata, parent, subject/body, timestamp and root tree."""
+
+    root_tree: str
+    root_meta: str
+    timestamp: int
+    parent: str | None = None
+    subject: str = ""
+    body: str = ""
+    metadata: dict[str, Variant] = field(default_factory=dict)
+    related: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        """Serialize in GVariant normal form; the SHA-256 of this is the commit checksum."""
+        return gvariant.encode(
+            COMMIT_TYPE,
+            (
+                self.metadata,
+                checksum_to_bytes(self.parent) if self.parent else b"",
+                self.related,
+                self.subject,
+                self.body,
+                swap64(self.timestamp),
+                checksum_to_bytes(self.root_tree),
+                checksum_to_bytes(self.root_meta),
+            ),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "commit") -> Commit:
+        """Parse a commit object, checking its embedded checksums have the right size."""
+        metadata, parent, related, subject, body, timestamp, tree, meta = _decode(COMMIT_TYPE, data, where)
+        return cls(
+            root_tree=checksum_from_bytes(tree, where),
+            root_meta=checksum_from_bytes(meta, where),
+            timestamp=swap64(timestamp),
+            parent=checksum_from_bytes(parent, where) if parent else None,
+            subject=subject,
+            body=body,
+            metadata=metadata,
+            related=related,
+        )
+
+    def meta_value(self, key: str) -> Any:
+        """The unwrapped value of a metadata key, or None when absent."""
+        value = self.metadata.get(key)
+        return value.value if isinstance(value, Variant) else None
+
+    @property
+    def version(self) -> str | None:
+        """The ``version`` metadata string, when the publisher set one."""
+        value = self.meta_value("version")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class DirTree:
+    """A directory listing: files (name, content checksum) and subdirectories."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+    dirs: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        """Serialize with entries sorted by name, as libostree requires."""
+        files = sorted(self.files)
+        dirs = sorted(self.dirs)
+        return gvariant.encode(
+            DIRTREE_TYPE,
+            (
+                [(name, checksum_to_bytes(c)) for name, c in files],
+                [(name, checksum_to_bytes(t), checksum_to_bytes(m)) for name, t, m in dirs],
+            ),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "dirtree") -> DirTree:
+        """Parse a dirtree, rejecting names that are unsafe, duplicated or out of order."""
+        raw_files, raw_dirs = _decode(DIRTREE_TYPE, data, where)
+        files = [(validate_filename(n, where), checksum_from_bytes(c, where)) for n, c in raw_files]
+        dirs = [
+            (validate_filename(n, where), checksum_from_bytes(t, where), checksum_from_bytes(m, where))
+            for n, t, m in raw_dirs
+        ]
+        for names in ([n for n, _ in files], [n for n, _, _ in dirs]):
+            encoded = [n.encode() for n in names]
+            if any(a >= b for a, b in zip(encoded, encoded[1:], strict=False)):
+                raise CorruptObject(where, "directory entries are not sorted and unique")
+        if {n for n, _ in files} & {n for n, _, _ in dirs}:
+            raise CorruptObject(where, "a name is both a file and a directory")
+        return cls(files, dirs)
+
+
+@dataclass(frozen=True)
+class DirMeta:
+    """Directory ownership, mode and extended attributes."""
+
+    uid: int
+    gid: int
+    mode: int
+    xattrs: Xattrs = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        """Serialize with uid, gid and mode big-endian, as libostree does."""
+        return gvariant.encode(
+            DIRMETA_TYPE, (swap32(self.uid), swap32(self.gid), swap32(self.mode), self.xattrs)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "dirmeta") -> DirMeta:
+        """Parse a dirmeta and check its mode is a directory's."""
+        uid, gid, mode, xattrs = _decode(DIRMETA_TYPE, data, where)
+        meta = cls(swap32(uid), swap32(gid), swap32(mode), xattrs)
+        if not stat.S_ISDIR(meta.mode):
+            raise CorruptObject(where, f"dirmeta mode {meta.mode:o} is not a directory")
+        return meta
+
+
+def parse_metadata(data: bytes, where: str) -> dict[str, Variant]:
+    """Parse an ``a{sv}`` object such as ``.commitmeta``."""
+    result: dict[str, Variant] = _decode(METADATA_TYPE, data, where)
+    return result
+
+
+def encode_metadata(metadata: dict[str, Variant]) -> bytes:
+    """Serialize an ``a{sv}`` dictionary (e.g. a ``.commitmeta`` object)."""
+    return gvariant.encode(METADATA_TYPE, metadata)
+
+
+def validate_metadata_object(object_type: ObjectType, data: bytes, where: str) -> None:
+    """Parse a metadata object fully so a malformed one is refused before it is stored."""
+    if object_type is ObjectType.COMMIT:
+        Commit.from_bytes(data, where)
+    elif object_type is ObjectType.DIR_TREE:
+        DirTree.from_bytes(data, where)
+    elif object_type is ObjectType.DIR_META:
+        DirMeta.from_bytes(data, where)
+    elif object_type in (ObjectType.COMMIT_META, ObjectType.TOMBSTONE_COMMIT):
+        parse_metadata(data, where)
+    else:
+        raise ValueError(f"{object_type} is not a metadata object")
