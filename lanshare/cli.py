@@ -1,0 +1,115 @@
+"""The ``lanshare`` command line: parse arguments, run one command, map errors to exit codes.
+
+Exit status: 0 success, 1 failure (the message says what failed), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lanshare.errors import Error, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def print_json(data: object) -> None:
+    """Write one JSON document to stdout (the ``--json`` output of every command)."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _add_commit(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("commit", help="commit a directory tree, with checkpoint metadata (publisher side)")
+    p.add_argument("--repo", type=Path, required=True, help="archive repository (created if absent)")
+    p.add_argument("--branch", "-b", required=True, help="ref to commit on")
+    p.add_argument("--tree", type=Path, required=True, help="directory to commit")
+    p.add_argument("--parent", help="parent commit, or 'none' (default: the branch's head)")
+    p.add_argument("--timestamp", type=int, help="commit time as Unix seconds (default: now)")
+    p.add_argument("--version", dest="commit_version", help="the 'version' metadata string")
+    p.add_argument("--subject", "-s", default="", help="one-line subject")
+    p.add_argument("--body", "-m", default="", help="commit message body")
+    p.add_argument("--checkpoint", action="store_true", help="mark as a mandatory checkpoint")
+    p.add_argument("--checkpoint-target", metavar="REF", help="after this commit, continue on REF")
+    p.add_argument("--endoflife-rebase", metavar="REF", help="this ref ended: continue on REF")
+    p.add_argument("--checkpoint-source", metavar="REF@COMMIT", help="first commit of a new ref: the way back")
+    p.add_argument(
+        "--add-metadata-string", action="append", default=[], metavar="KEY=VALUE", help="extra metadata"
+    )
+    p.add_argument("--owner-uid", type=int, help="record this uid for every file")
+    p.add_argument("--owner-gid", type=int, help="record this gid for every file")
+    p.add_argument("--no-xattrs", action="store_true", help="do not record extended attributes")
+    p.add_argument("--no-bindings", action="store_true", help="do not bind the commit to its ref")
+    p.add_argument("--collection-id", help="collection ID for a repository created by this command")
+    p.add_argument("--gpg-sign", metavar="KEYID", action="append", default=[], help="GPG-sign with KEYID")
+    p.add_argument("--gpg-homedir", type=Path, help="GnuPG home directory holding the secret key")
+    p.add_argument("--sign-ed25519", metavar="KEYFILE", type=Path, help="ed25519-sign with this secret key")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of the checksum")
+    p.set_defaults(handler=_run_commit)
+
+
+def _run_commit(args: argparse.Namespace) -> int:
+    from lanshare.commands.commit import run_commit
+
+    return run_commit(args)
+
+
+def _add_fsck(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("fsck", help="verify every object, commit closure, ref and signature")
+    p.add_argument("--repo", type=Path, required=True, help="repository to check")
+    p.add_argument("--gpg-keyring", type=Path, help="verify commit signatures against this keyring")
+    p.add_argument(
+        "--ed25519-key", action="append", default=[], metavar="BASE64", help="trusted ed25519 public key"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_fsck)
+
+
+def _run_fsck(args: argparse.Namespace) -> int:
+    from lanshare.commands.fsck import run_fsck
+
+    return run_fsck(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one subcommand per DESIGN §7 command implemented so far."""
+    from lanshare import __version__
+
+    parser = _Parser(prog="lanshare", description="LAN cache for OSTree repositories")
+    parser.add_argument("--version", action="version", version=f"lanshare {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_commit(sub)
+    _add_fsck(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lanshare`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Handler = args.handler
+        return handler(args)
+    except UsageError as e:
+        print(f"lanshare: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Error as e:
+        print(f"lanshare: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("lanshare: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

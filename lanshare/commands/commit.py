@@ -1,0 +1,61 @@
+"""``lanshare commit``: build a commit from a directory, with checkpoint metadata and signatures."""
+
+from __future__ import annotations
+
+import argparse
+
+from lanshare.cli import EXIT_OK, print_json
+from lanshare.errors import UsageError
+from lanshare.gvariant import Variant
+from lanshare.ostree import commit_tree as ct
+from lanshare.ostree.repo import Repo, validate_ref
+
+
+def _metadata(args: argparse.Namespace) -> dict[str, Variant]:
+    metadata: dict[str, Variant] = {}
+    for item in args.add_metadata_string:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--add-metadata-string: expected KEY=VALUE, got {item!r}")
+        metadata[key] = Variant("s", value)
+    if args.commit_version is not None:
+        metadata["version"] = Variant("s", args.commit_version)
+    if args.checkpoint:
+        metadata[ct.CHECKPOINT_KEY] = Variant("b", True)
+    for key, ref in ((ct.CHECKPOINT_TARGET_KEY, args.checkpoint_target), (ct.ENDOFLIFE_REBASE_KEY, args.endoflife_rebase)):
+        if ref is not None:
+            validate_ref(ref)
+            metadata[key] = Variant("s", ref)
+    if args.checkpoint_source is not None:
+        ref, sep, commit = args.checkpoint_source.partition("@")
+        if not sep:
+            raise UsageError("--checkpoint-source: expected OLDREF@COMMIT")
+        validate_ref(ref)
+        metadata[ct.CHECKPOINT_SOURCE_KEY] = Variant("s", args.checkpoint_source)
+    return metadata
+
+
+def run_commit(args: argparse.Namespace) -> int:
+    """Commit the tree, sign it if asked, then move the branch; prints the checksum."""
+    if args.gpg_sign and args.gpg_homedir is None:
+        raise UsageError("--gpg-sign needs --gpg-homedir")
+    repo = Repo.init(args.repo, args.collection_id)
+    options = ct.CommitOptions(
+        branch=args.branch,
+        parent=args.parent,
+        timestamp=args.timestamp,
+        subject=args.subject,
+        body=args.body,
+        metadata=_metadata(args),
+        owner_uid=args.owner_uid,
+        owner_gid=args.owner_gid,
+        xattrs=not args.no_xattrs,
+        bind_ref=not args.no_bindings,
+    )
+    checksum, _ = ct.commit_tree(repo, args.tree, options)
+    repo.write_ref(args.branch, checksum)
+    if args.json:
+        print_json({"commit": checksum, "branch": args.branch})
+    else:
+        print(checksum)
+    return EXIT_OK
