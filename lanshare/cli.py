@@ -41,7 +41,9 @@ def _add_commit(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--checkpoint", action="store_true", help="mark as a mandatory checkpoint")
     p.add_argument("--checkpoint-target", metavar="REF", help="after this commit, continue on REF")
     p.add_argument("--endoflife-rebase", metavar="REF", help="this ref ended: continue on REF")
-    p.add_argument("--checkpoint-source", metavar="REF@COMMIT", help="first commit of a new ref: the way back")
+    p.add_argument(
+        "--checkpoint-source", metavar="REF@COMMIT", help="first commit of a new ref: the way back"
+    )
     p.add_argument(
         "--add-metadata-string", action="append", default=[], metavar="KEY=VALUE", help="extra metadata"
     )

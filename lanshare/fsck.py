@@ -135,5 +135,7 @@ def _check_refs(repo: Repo, present: set[tuple[str, ObjectType]]) -> list[Proble
     for (collection_id, ref), commit in refs.items():
         if (commit, ObjectType.COMMIT) not in present:
             label = f"({collection_id}, {ref})" if collection_id else ref
-            problems.append(Problem(f"ref {label}", "ref", f"points to {commit}, which is missing or corrupt"))
+            problems.append(
+                Problem(f"ref {label}", "ref", f"points to {commit}, which is missing or corrupt")
+            )
     return problems

@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 MAX_DEPTH = 64
 MAX_TYPE_STRING = 255
@@ -90,7 +90,7 @@ class GType:
 
 
 class _Basic(GType):
-    _formats = {
+    _formats: ClassVar[dict[str, str]] = {
         "b": "<?",
         "y": "<B",
         "n": "<h",
@@ -241,21 +241,27 @@ class _Array(GType):
         items: list[Any] = []
         if element.fixed_size is not None:
             if size % element.fixed_size:
-                raise GVariantError(f"{self.signature}: size {size} is not a multiple of {element.fixed_size}")
+                raise GVariantError(
+                    f"{self.signature}: size {size} is not a multiple of {element.fixed_size}"
+                )
             step = element.fixed_size
             items = [element.decode(buf[i : i + step], depth + 1) for i in range(0, size, step)]
         elif size:
             width = _offset_size(size)
             table = _read_offset(buf, size - width, width)
             if table > size or (size - table) % width:
-                raise GVariantError(f"{self.signature}: framing offset {table} is outside the {size}-byte value")
+                raise GVariantError(
+                    f"{self.signature}: framing offset {table} is outside the {size}-byte value"
+                )
             count = (size - table) // width
             start = 0
             for i in range(count):
                 end = _read_offset(buf, table + i * width, width)
                 start += _pad(start, element.alignment)
                 if not start <= end <= table:
-                    raise GVariantError(f"{self.signature}: element {i} has framing offset {end} out of bounds")
+                    raise GVariantError(
+                        f"{self.signature}: element {i} has framing offset {end} out of bounds"
+                    )
                 items.append(element.decode(buf[start:end], depth + 1))
                 start = end
         if self.is_dict:

@@ -16,4 +16,8 @@ def progress_bar(description: str, total: int | None, unit: str = "obj") -> Iter
         yield lambda n: None
         return
     with tqdm(total=total, desc=description, unit=unit, unit_scale=True, leave=False) as bar:
-        yield bar.update
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        yield advance

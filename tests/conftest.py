@@ -76,7 +76,13 @@ def ostree_repo(tmp_path: Path) -> Path:
 def ostree_commit(repo: Path, branch: str, tree: Path, *extra: str) -> str:
     """Commit with the ostree CLI, as root-owned with no xattrs, and return the checksum."""
     out = ostree(
-        "commit", f"--repo={repo}", f"--branch={branch}", "--owner-uid=0", "--owner-gid=0", "--no-xattrs",
-        *extra, str(tree),
+        "commit",
+        f"--repo={repo}",
+        f"--branch={branch}",
+        "--owner-uid=0",
+        "--owner-gid=0",
+        "--no-xattrs",
+        *extra,
+        str(tree),
     )
     return out.stdout.strip()

@@ -22,12 +22,15 @@ def _metadata(args: argparse.Namespace) -> dict[str, Variant]:
         metadata["version"] = Variant("s", args.commit_version)
     if args.checkpoint:
         metadata[ct.CHECKPOINT_KEY] = Variant("b", True)
-    for key, ref in ((ct.CHECKPOINT_TARGET_KEY, args.checkpoint_target), (ct.ENDOFLIFE_REBASE_KEY, args.endoflife_rebase)):
+    for key, ref in (
+        (ct.CHECKPOINT_TARGET_KEY, args.checkpoint_target),
+        (ct.ENDOFLIFE_REBASE_KEY, args.endoflife_rebase),
+    ):
         if ref is not None:
             validate_ref(ref)
             metadata[key] = Variant("s", ref)
     if args.checkpoint_source is not None:
-        ref, sep, commit = args.checkpoint_source.partition("@")
+        ref, sep, _ = args.checkpoint_source.partition("@")
         if not sep:
             raise UsageError("--checkpoint-source: expected OLDREF@COMMIT")
         validate_ref(ref)

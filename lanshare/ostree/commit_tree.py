@@ -51,9 +51,7 @@ def _read_xattrs(path: str) -> Xattrs:
     except OSError:
         return []
     # libostree stores each name as a NUL-terminated bytestring, sorted.
-    return sorted(
-        (name.encode() + b"\0", os.getxattr(path, name, follow_symlinks=False)) for name in names
-    )
+    return sorted((name.encode() + b"\0", os.getxattr(path, name, follow_symlinks=False)) for name in names)
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:

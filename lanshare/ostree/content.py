@@ -156,7 +156,9 @@ def checksum_filez(stream: BinaryIO, where: str) -> tuple[str, FileHeader]:
     return digest.hexdigest(), header
 
 
-def compress_chunks(header: FileHeader, chunks: Iterator[bytes], level: int = COMPRESSION_LEVEL) -> Iterator[bytes]:
+def compress_chunks(
+    header: FileHeader, chunks: Iterator[bytes], level: int = COMPRESSION_LEVEL
+) -> Iterator[bytes]:
     """Yield a ``.filez`` object's bytes for a file given as data chunks."""
     yield header.archive_prefix()
     if header.is_symlink:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 import re
 import stat
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ class DirTree:
         ]
         for names in ([n for n, _ in files], [n for n, _, _ in dirs]):
             encoded = [n.encode() for n in names]
-            if any(a >= b for a, b in zip(encoded, encoded[1:], strict=False)):
+            if any(a >= b for a, b in itertools.pairwise(encoded)):
                 raise CorruptObject(where, "directory entries are not sorted and unique")
         if {n for n, _ in files} & {n for n, _, _ in dirs}:
             raise CorruptObject(where, "a name is both a file and a directory")

@@ -479,7 +479,8 @@ class Repo:
         result: dict[tuple[str | None, str], str] = {
             (self.collection_id, ref): commit for ref, commit in self.list_refs().items()
         }
-        result.update(self.list_mirror_refs())
+        for key, commit in self.list_mirror_refs().items():
+            result[key] = commit
         return result
 
     def list_remote_refs(self) -> dict[str, str]:
