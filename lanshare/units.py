@@ -25,7 +25,7 @@ _SIZE_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[A-Za-z]*)")
 _SIZE_UNIT_RE = re.compile(r"(?P<prefix>[KkMmGgTtPpEe])(?P<iec>[iI]?)(?P<byte>B?)|(?P<bytes>B?)")
 
 _DURATION_UNITS: dict[str, int] = {}
-for _seconds, _names in (
+for _unit_seconds, _names in (
     (1, ("s", "sec", "secs", "second", "seconds")),
     (60, ("m", "min", "mins", "minute", "minutes")),
     (3600, ("h", "hr", "hrs", "hour", "hours")),
@@ -33,7 +33,7 @@ for _seconds, _names in (
     (604800, ("w", "week", "weeks")),
 ):
     for _name in _names:
-        _DURATION_UNITS[_name] = _seconds
+        _DURATION_UNITS[_name] = _unit_seconds
 _DURATION_TERM_RE = re.compile(r"\s*(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[a-z]+)\s*")
 
 
