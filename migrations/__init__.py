@@ -1,0 +1,1 @@
+"""lanshare's Alembic migrations, installed as the package ``lanshare.migrations``."""
