@@ -82,6 +82,24 @@ def _run_fsck(args: argparse.Namespace) -> int:
     return run_fsck(args)
 
 
+def _add_path(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("path", help="show the update path through every checkpoint")
+    p.add_argument("--repo", type=Path, required=True, help="repository holding the commits")
+    p.add_argument("--from", dest="start", required=True, metavar="COMMIT", help="the deployed commit")
+    p.add_argument("--ref", help="the deployed ref (default: the commit's ref binding)")
+    p.add_argument(
+        "--allow-downgrade", action="store_true", help="allow steps older than the deployed commit"
+    )
+    p.add_argument("--json", action="store_true", help="print the path as JSON")
+    p.set_defaults(handler=_run_path)
+
+
+def _run_path(args: argparse.Namespace) -> int:
+    from lanshare.commands.path import run_path
+
+    return run_path(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one subcommand per DESIGN §7 command implemented so far."""
     from lanshare import __version__
@@ -91,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_commit(sub)
     _add_fsck(sub)
+    _add_path(sub)
     return parser
 
 
