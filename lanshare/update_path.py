@@ -170,11 +170,13 @@ class UpdatePath:
         }
 
 
-def _segment(graph: CommitGraph, ref: str, head: str, current: str, on_start_ref: bool) -> list[CommitInfo]:
-    """Commits on ``ref`` strictly newer than ``current``, oldest first."""
+def _segment(
+    graph: CommitGraph, ref: str, head: str, current: str, passed: set[str], on_start_ref: bool
+) -> list[CommitInfo]:
+    """Commits on ``ref`` newer than ``current`` (or than any commit already passed), oldest first."""
     newer: list[CommitInfo] = []
     checksum: str | None = head
-    while checksum is not None and checksum != current:
+    while checksum is not None and checksum != current and checksum not in passed:
         info = graph.info(checksum)
         if info is None:
             child = f" (parent of {newer[-1].checksum})" if newer else " (its head)"
@@ -203,7 +205,10 @@ def compute_path(
         ref = start_info.ref_binding[0]
     path = UpdatePath(start, ref)
     current = start
-    current_ts = start_info.timestamp if start_info else None
+    # "Older" means older than the deployed commit: an emergency fix on the old ref may be newer
+    # than the target ref's head, and following the switch after it is still an upgrade.
+    start_ts = start_info.timestamp if start_info else None
+    passed = {start}
     pending = start_info.target if start_info else None
     visited = [ref]
     on_start_ref = True
@@ -212,10 +217,10 @@ def compute_path(
         head = graph.head(ref)
         if head is None:
             raise PathError(f"ref {ref} is not held", missing=[f"ref:{ref}"])
-        segment = _segment(graph, ref, head, current, on_start_ref)
-        if not allow_downgrade and current_ts is not None:
-            older = [c for c in segment if c.timestamp < current_ts]
-            segment = [c for c in segment if c.timestamp >= current_ts]
+        segment = _segment(graph, ref, head, current, passed, on_start_ref)
+        if not allow_downgrade and start_ts is not None:
+            older = [c for c in segment if c.timestamp < start_ts]
+            segment = [c for c in segment if c.timestamp >= start_ts]
             if older and not segment:
                 path.notes.append(f"{ref} only has commits older than the current one: no downgrade")
         if segment:
@@ -230,7 +235,8 @@ def compute_path(
                 reason = f"{reason} (switched from {switched_from})"
                 switched_from = None
             path.steps.append(Step(step.checksum, ref, step.version, reason, step.timestamp, step.complete))
-            current, current_ts = step.checksum, step.timestamp
+            current = step.checksum
+            passed.add(current)
             if step.target:
                 pending = step.target
             continue
