@@ -842,7 +842,7 @@ def _apply_environment(environ: Mapping[str, str], values: _Values) -> None:
         section, key = word.lower(), key_part.lower()
         if section == "pin":
             raise ConfigError(
-                name, "pin", "expected [[pin]] tables in a config file; pins cannot come from the environment"
+                name, "pin", "pins cannot be set from the environment; expected [[pin]] tables in a file"
             )
         if section in _SECTIONS:
             known = _keys(_SECTIONS[section])
