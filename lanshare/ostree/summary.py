@@ -314,6 +314,9 @@ def _parse_refs(entries: list[Any], where: str) -> list[SummaryRef]:
 
 def parse_summary(data: bytes) -> Summary:
     """Parse a summary file; any malformation raises CorruptObject("summary", reason)."""
+    if not data:
+        # GVariant would read zero bytes as an empty summary; a zero-length file is a failed write
+        raise _corrupt("the file is empty")
     try:
         ref_entries, metadata = gvariant.decode(SUMMARY_SIGNATURE, data)
     except GVariantError as e:
