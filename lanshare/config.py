@@ -96,16 +96,13 @@ class ConfigError(UsageError):
 class _Invalid(Exception):
     """Raised by a value parser; the loader adds the source and the key."""
 
-    def __init__(self, expected: str, got: str | None = None, *, problem: str | None = None) -> None:
+    def __init__(self, expected: str, got: str | None = None) -> None:
         super().__init__(expected)
         self.expected = expected
         self.got = got
-        self.problem = problem
 
     def describe(self, value: object) -> str:
         """Say what was expected and what was found instead."""
-        if self.problem is not None:
-            return self.problem
         return f"expected {self.expected}, got {self.got if self.got is not None else _describe(value)}"
 
 
@@ -217,8 +214,8 @@ def _array(parse_item: Parser, expected: str) -> Parser:
         for item in value:
             try:
                 items.append(parse_item(item))
-            except _Invalid as error:
-                raise _Invalid(expected, _describe(item), problem=error.problem) from None
+            except _Invalid:
+                raise _Invalid(expected, _describe(item)) from None
         return tuple(items)
 
     return parse
@@ -877,8 +874,8 @@ def _state_dir(environ: Mapping[str, str]) -> Path:
     return DEFAULT_STATE_DIR
 
 
-def _check_together(values: _Values) -> None:
-    """Checks that involve more than one key; the key set last is the one reported."""
+def _check_upgrade(values: _Values) -> None:
+    """Refuse two ways of learning the deployed commit; the key set last is the one reported."""
     upgrade = values.values["upgrade"]
     pair = ("deployed_commit_file", "deployed_commit_command")
     if all(upgrade.get(key) is not None for key in pair):
@@ -893,6 +890,25 @@ def _check_together(values: _Values) -> None:
         raise ConfigError(source, f"upgrade.{last}", problem)
 
 
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+def _check_listeners(values: _Values, sharing: ListenAddress, status: ListenAddress) -> None:
+    """Refuse a status listener that would collide with the LAN listener, naming the one set last."""
+    same_host = sharing.host == status.host or sharing.host in _WILDCARDS or status.host in _WILDCARDS
+    if sharing.port != status.port or not same_host:
+        return
+    addresses = {"sharing": sharing, "status": status}
+    order = {name: values.origins.get((name, "listen"), (-1, ""))[0] for name in addresses}
+    # The defaults never collide, so at least one of the two was set somewhere.
+    key, other = ("status", "sharing") if order["status"] > order["sharing"] else ("sharing", "status")
+    source = values.origins[key, "listen"][1]
+    problem = (
+        f'expected a port other than that of {other}.listen ({addresses[other]}), got "{addresses[key]}"'
+    )
+    raise ConfigError(source, f"{key}.listen", problem)
+
+
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Load the configuration: ``path`` (default /etc/lanshare/lanshare.toml), its conf.d, the environment."""
     environ = os.environ if environ is None else environ
@@ -900,13 +916,15 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     state_dir = _state_dir(environ)
     values = _Values()
     files: list[Path] = []
-    for file in [main, *_dropins(main.parent / "conf.d")]:
-        document = _read_toml(file, required=path is not None or file is not main)
-        if document is not None:
-            _apply_file(str(file), document, values)
-            files.append(file)
+    document = _read_toml(main, required=path is not None)
+    if document is not None:
+        _apply_file(str(main), document, values)
+        files.append(main)
+    for file in _dropins(main.parent / "conf.d"):
+        _apply_file(str(file), _read_toml(file, required=True) or {}, values)
+        files.append(file)
     _apply_environment(environ, values)
-    _check_together(values)
+    _check_upgrade(values)
 
     defaults: dict[str, dict[str, Any]] = {
         "repo": {"path": state_dir / "repo"},
@@ -915,4 +933,5 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     sections = {
         name: cls(**(defaults.get(name, {}) | values.values[name])) for name, cls in _SECTIONS.items()
     }
+    _check_listeners(values, sections["sharing"].listen, sections["status"].listen)
     return Config(state_dir=state_dir, pins=tuple(values.pins), files=tuple(files), **sections)

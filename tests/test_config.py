@@ -628,6 +628,22 @@ BAD: list[tuple[str, object, object, dict[str, str], str]] = [
         "{d}/conf.d/50.toml: pull.parallel: expected an integer from 1 to 64, got 100",
     ),
     (
+        "status listener on the LAN port",
+        '[status]\nlisten = "127.0.0.1:8089"\n',
+        None,
+        {},
+        "{main}: status.listen: expected a port other than that of sharing.listen (0.0.0.0:8089), "
+        'got "127.0.0.1:8089"',
+    ),
+    (
+        "LAN listener moved onto the status port from the environment",
+        "",
+        None,
+        {"LANSHARE_SHARING_LISTEN": "[::]:8090"},
+        "LANSHARE_SHARING_LISTEN: sharing.listen: expected a port other than that of status.listen "
+        '(127.0.0.1:8090), got "[::]:8090"',
+    ),
+    (
         "TOML syntax error",
         "[retention]\nkeep_latest = 3\nmax_size = 20GiB\n",
         None,
@@ -823,3 +839,8 @@ def test_format_size_and_duration_round_trip() -> None:
     assert format_duration(timedelta(seconds=90.5)) == "1m30.5s"
     for duration in (timedelta(0), timedelta(weeks=2, seconds=1), timedelta(milliseconds=1500)):
         assert parse_duration(format_duration(duration)) == duration
+
+
+def test_listeners_may_share_a_port_on_different_addresses(tmp_path: Path) -> None:
+    main = write(tmp_path / "lanshare.toml", '[sharing]\nlisten = "192.168.1.5:8090"\n')
+    assert load_config(main, environ={}).sharing.listen == ListenAddress("192.168.1.5", 8090)
