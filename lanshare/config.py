@@ -74,7 +74,7 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path("/etc/lanshare/lanshare.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/lanshare")
-# Unassigned-in-practice ports next to the common 8080; the status port is the LAN port + 1.
+# Near the usual 8080 alternatives and clear of OSTree tooling; the status port is the LAN port + 1.
 DEFAULT_SHARING_PORT = 8089
 DEFAULT_STATUS_PORT = 8090
 ENV_PREFIX = "LANSHARE_"
