@@ -179,6 +179,8 @@ def _backup_sqlite(path: Path, revisions: Iterable[str]) -> Path:
     # connection holds the write lock; copying the file could miss the WAL.
     with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(tmp)) as dst:
         src.backup(dst)
+        # A rollback-journal copy is one self-contained file, safe to move or copy back.
+        dst.execute("PRAGMA journal_mode = DELETE")
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, target)
