@@ -151,7 +151,7 @@ def _migrate(engine: Engine, sqlite_file: Path | None) -> None:
                     f"index database {engine.url.render_as_string(hide_password=True)} is at schema revision "
                     f"{', '.join(unknown)}, which lanshare {lanshare.__version__} does not know "
                     f"(it knows up to {', '.join(script.get_heads())}): a newer lanshare wrote it. "
-                    "Upgrade lanshare, or point [database] url at a new database and run "
+                    "Upgrade lanshare, or point database.url at a new database and run "
                     "`lanshare reindex`."
                 )
             if set(current) == set(script.get_heads()):
