@@ -28,9 +28,36 @@ def print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+def _common(repo_required: bool = False) -> _Parser:
+    """Options every repository command takes: the config file and a repository override."""
+    parent = _Parser(add_help=False)
+    parent.add_argument(
+        "--config", type=Path, help="configuration file (default /etc/lanshare/lanshare.toml)"
+    )
+    help_text = "archive repository" if repo_required else "repository (default: [repo] path from the config)"
+    parent.add_argument("--repo", type=Path, required=repo_required, help=help_text)
+    parent.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parent
+
+
+def _lazy(module: str, function: str) -> Handler:
+    """A handler that imports its command module only when that command runs (fast start-up)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        run: Handler = getattr(importlib.import_module(f"lanshare.commands.{module}"), function)
+        return run(args)
+
+    return handler
+
+
 def _add_commit(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("commit", help="commit a directory tree, with checkpoint metadata (publisher side)")
-    p.add_argument("--repo", type=Path, required=True, help="archive repository (created if absent)")
+    p = sub.add_parser(
+        "commit",
+        parents=[_common(repo_required=True)],
+        help="commit a directory tree, with checkpoint metadata (publisher side)",
+    )
     p.add_argument("--branch", "-b", required=True, help="ref to commit on")
     p.add_argument("--tree", type=Path, required=True, help="directory to commit")
     p.add_argument("--parent", help="parent commit, or 'none' (default: the branch's head)")
@@ -55,49 +82,43 @@ def _add_commit(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--gpg-sign", metavar="KEYID", action="append", default=[], help="GPG-sign with KEYID")
     p.add_argument("--gpg-homedir", type=Path, help="GnuPG home directory holding the secret key")
     p.add_argument("--sign-ed25519", metavar="KEYFILE", type=Path, help="ed25519-sign with this secret key")
-    p.add_argument("--json", action="store_true", help="print a JSON object instead of the checksum")
-    p.set_defaults(handler=_run_commit)
-
-
-def _run_commit(args: argparse.Namespace) -> int:
-    from lanshare.commands.commit import run_commit
-
-    return run_commit(args)
+    p.set_defaults(handler=_lazy("commit", "run_commit"))
 
 
 def _add_fsck(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("fsck", help="verify every object, commit closure, ref and signature")
-    p.add_argument("--repo", type=Path, required=True, help="repository to check")
+    p = sub.add_parser(
+        "fsck", parents=[_common()], help="verify every object, commit closure, ref and signature"
+    )
     p.add_argument("--gpg-keyring", type=Path, help="verify commit signatures against this keyring")
     p.add_argument(
         "--ed25519-key", action="append", default=[], metavar="BASE64", help="trusted ed25519 public key"
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=_run_fsck)
-
-
-def _run_fsck(args: argparse.Namespace) -> int:
-    from lanshare.commands.fsck import run_fsck
-
-    return run_fsck(args)
+    p.set_defaults(handler=_lazy("fsck", "run_fsck"))
 
 
 def _add_path(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("path", help="show the update path through every checkpoint")
-    p.add_argument("--repo", type=Path, required=True, help="repository holding the commits")
+    p = sub.add_parser("path", parents=[_common()], help="show the update path through every checkpoint")
     p.add_argument("--from", dest="start", required=True, metavar="COMMIT", help="the deployed commit")
     p.add_argument("--ref", help="the deployed ref (default: the commit's ref binding)")
     p.add_argument(
         "--allow-downgrade", action="store_true", help="allow steps older than the deployed commit"
     )
-    p.add_argument("--json", action="store_true", help="print the path as JSON")
-    p.set_defaults(handler=_run_path)
+    p.set_defaults(handler=_lazy("path", "run_path"))
 
 
-def _run_path(args: argparse.Namespace) -> int:
-    from lanshare.commands.path import run_path
-
-    return run_path(args)
+def _add_retention(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("prune", parents=[_common()], help="remove what retention does not keep")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    p.set_defaults(handler=_lazy("prune", "run_prune"))
+    p = sub.add_parser("pin", parents=[_common()], help="keep a commit, or every commit on matching refs")
+    p.add_argument("target", metavar="COMMIT|REF-GLOB")
+    p.add_argument("--reason", default="", help="why (shown by prune and the status page)")
+    p.set_defaults(handler=_lazy("pin", "run_pin"))
+    p = sub.add_parser("unpin", parents=[_common()], help="remove a pin")
+    p.add_argument("target", metavar="COMMIT|REF-GLOB")
+    p.set_defaults(handler=_lazy("pin", "run_unpin"))
+    p = sub.add_parser("reindex", parents=[_common()], help="rebuild the index from the repository")
+    p.set_defaults(handler=_lazy("reindex", "run_reindex"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_commit(sub)
     _add_fsck(sub)
     _add_path(sub)
+    _add_retention(sub)
     return parser
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import configparser
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import io
 import os
@@ -21,7 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,6 +137,20 @@ class Repo:
         for sub in ("objects", "tmp", "state", "refs/heads"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         return cls(path, collection_id)
+
+    @contextmanager
+    def lock(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold the repository lock: shared while writing objects, exclusive while pruning.
+
+        Prune's sweep must not interleave with a writer that relies on an object already being
+        there, so writers hold it shared for a whole transaction and prune holds it exclusively.
+        """
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # -- writing primitives ----------------------------------------------------------------
 

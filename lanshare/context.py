@@ -1,0 +1,43 @@
+"""What a command runs against: the configuration, the repository it names, and the index."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from lanshare.config import Config, load_config
+from lanshare.ostree.repo import Repo
+
+
+class Context:
+    """Lazily opened resources of one command invocation."""
+
+    def __init__(self, config: Config, repo_path: Path | None = None) -> None:
+        self.config = config
+        self.repo_path = repo_path or config.repo.path
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        """Load the configuration named by ``--config`` (or the default) and honour ``--repo``."""
+        return cls(load_config(getattr(args, "config", None)), getattr(args, "repo", None))
+
+    @functools.cached_property
+    def repo(self) -> Repo:
+        """The repository, created (with the configured collection ID) on first use."""
+        return Repo.init(self.repo_path, self.config.repo.collection_id)
+
+    @functools.cached_property
+    def index(self) -> Engine:
+        """The index database, migrated to this version's schema."""
+        from lanshare.index.db import open_index
+
+        return open_index(self.config.database.url)
+
+    @staticmethod
+    def now() -> float:
+        """The current Unix time (one place to read the clock)."""
+        return time.time()

@@ -1,0 +1,110 @@
+"""Keep the index in step with the repository, which stays the source of truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+
+from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, utcnow
+from lanshare.ostree.repo import Repo
+from lanshare.retention import PIN_REF_PREFIX, PinRule, load_commits, object_sizes
+from lanshare.update_path import CommitInfo
+
+COMMIT_PIN_PREFIX = PIN_REF_PREFIX + "commit/"
+REF_PIN_PREFIX = PIN_REF_PREFIX + "ref/"
+
+
+@dataclass
+class ReindexReport:
+    """What ``lanshare reindex`` found in the repository."""
+
+    commits: int = 0
+    refs: int = 0
+    pins_restored: int = 0
+
+
+def _ref_of_commits(repo: Repo, commits: dict[str, CommitInfo]) -> dict[str, str]:
+    """Each commit's ref: the first ref (by name) whose held history contains it."""
+    owner: dict[str, str] = {}
+    for (_, ref), head in sorted(repo.list_collection_refs().items(), key=lambda item: item[0][1]):
+        if ref.startswith(PIN_REF_PREFIX):
+            continue
+        checksum: str | None = head
+        seen: set[str] = set()
+        while checksum is not None and checksum in commits and checksum not in seen:
+            seen.add(checksum)
+            owner.setdefault(checksum, ref)
+            checksum = commits[checksum].parent
+    return owner
+
+
+def _commit_row(info: CommitInfo, ref: str | None) -> Commit:
+    return Commit(
+        checksum=info.checksum,
+        ref=ref or (info.ref_binding[0] if info.ref_binding else None),
+        parent=info.parent,
+        timestamp=info.timestamp,
+        version=info.version,
+        is_checkpoint=info.checkpoint,
+        checkpoint_target=info.target,
+        target_key=info.target_key,
+        complete=info.complete,
+    )
+
+
+def reindex(engine: Engine, repo: Repo) -> ReindexReport:
+    """Rebuild commits and refs from the repository; restore pins that only survive as pin refs."""
+    report = ReindexReport()
+    commits = load_commits(repo, object_sizes(repo))
+    owners = _ref_of_commits(repo, commits)
+    refs = repo.list_collection_refs()
+    with Session(engine) as session, session.begin():
+        last_used = dict(session.execute(select(Commit.checksum, Commit.last_used)).tuples().all())
+        session.execute(delete(Commit))
+        session.execute(delete(Ref))
+        for checksum, info in commits.items():
+            row = _commit_row(info, owners.get(checksum))
+            row.last_used = last_used.get(checksum) or utcnow()
+            session.add(row)
+        for (collection_id, name), commit in refs.items():
+            session.add(Ref(name=name, collection_id=collection_id or "", commit=commit))
+        known = {(p.ref_glob, p.commit) for p in session.scalars(select(Pin))}
+        for (_, name), commit in refs.items():
+            rule = pin_rule_from_ref(name, commit)
+            if rule and (rule.ref_glob, rule.commit) not in known:
+                session.add(
+                    Pin(ref_glob=rule.ref_glob, commit=rule.commit, reason=rule.reason, source=PinSource.CLI)
+                )
+                report.pins_restored += 1
+    report.commits, report.refs = len(commits), len(refs)
+    return report
+
+
+def pin_rule_from_ref(name: str, commit: str) -> PinRule | None:
+    """The pin a mirror ref under ``lanshare/pins/`` stands for (its reason lives only in the index)."""
+    if name.startswith(COMMIT_PIN_PREFIX):
+        return PinRule(commit=name.removeprefix(COMMIT_PIN_PREFIX), reason="restored from its pin ref")
+    if name.startswith(REF_PIN_PREFIX):
+        return PinRule(ref_glob=name.removeprefix(REF_PIN_PREFIX), reason="restored from its pin ref")
+    return None
+
+
+def active_leases(engine: Engine) -> set[str]:
+    """Commits held by unexpired leases of pulls in progress."""
+    with Session(engine) as session:
+        return set(session.scalars(select(Lease.commit).where(Lease.expires_at > utcnow())))
+
+
+def pin_rules(engine: Engine) -> list[PinRule]:
+    """Admin pins recorded in the index."""
+    with Session(engine) as session:
+        return [PinRule(p.ref_glob, p.commit, p.reason) for p in session.scalars(select(Pin))]
+
+
+def last_used(engine: Engine) -> dict[str, float]:
+    """When each indexed commit was last served or deployed, as Unix time."""
+    with Session(engine) as session:
+        rows = session.execute(select(Commit.checksum, Commit.last_used)).tuples().all()
+    return {checksum: used.timestamp() for checksum, used in rows}
