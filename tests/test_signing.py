@@ -134,6 +134,47 @@ def test_flipped_byte_in_commit_or_signature_is_rejected(tmp_path: Path, gpg_key
     assert signing.verify_commit_signatures(data, forged, gpg_keyring=key.keyring).key_id == key.key_id
 
 
+def test_expired_and_revoked_keys_are_rejected(tmp_path: Path) -> None:
+    """gpgv says VALIDSIG but EXPKEYSIG/REVKEYSIG (no GOODSIG): rejected, as libostree rejects them."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+
+    def gpg(*args: str, stdin: bytes = b"") -> bytes:
+        argv = ["gpg", "--homedir", str(home), "--batch", *args]
+        return subprocess.run(argv, input=stdin, capture_output=True, check=True).stdout
+
+    def key_id(uid: str) -> str:
+        listing = gpg("--with-colons", "--list-keys", uid).decode()
+        return next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
+
+    data = b"commit bytes"
+    try:
+        # a key that expired in 2020, with a signature made while it was valid
+        past = ["--faked-system-time", "20200101T000000!"]
+        gpg(*past, "--passphrase", "", "--quick-gen-key", "Old <old@example.com>", "ed25519", "sign", "1d")
+        old = key_id("Old <old@example.com>")
+        old_sig = gpg(*past, "--detach-sign", "--local-user", old, stdin=data)
+        # a key revoked with the certificate gpg stored when it was made
+        gpg("--passphrase", "", "--quick-gen-key", "Revoked <rev@example.com>", "ed25519", "sign", "never")
+        revoked = key_id("Revoked <rev@example.com>")
+        revoked_sig = signing.sign_gpg(data, revoked, home)
+        (cert,) = (home / "openpgp-revocs.d").glob(f"*{revoked}.rev")
+        # gpg prefixes the armor line with ":" so the certificate is not imported by accident
+        (tmp_path / "rev.asc").write_text(cert.read_text().replace(":-----BEGIN", "-----BEGIN"))
+        gpg("--import", str(tmp_path / "rev.asc"))
+        keyring = signing.export_public_keyring(home, [old, revoked], tmp_path / "keyring.gpg")
+
+        for sig, key, why in (
+            (old_sig, old, "which has expired"),
+            (revoked_sig, revoked, "which has been revoked"),
+        ):
+            meta = signing.add_signature({}, "gpg", sig)
+            with pytest.raises(SignatureError, match=f"signature by key {key}, {why}"):
+                signing.verify_commit_signatures(data, meta, gpg_keyring=keyring)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
 def test_any_valid_signature_is_enough(tmp_path: Path, gpg_keys: GpgKeys) -> None:
     """With signatures by an unknown and a trusted key (a key rotation), the trusted one is reported."""
     repo = make_repo(tmp_path / "repo")
