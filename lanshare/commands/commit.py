@@ -55,8 +55,10 @@ def run_commit(args: argparse.Namespace) -> int:
         xattrs=not args.no_xattrs,
         bind_ref=not args.no_bindings,
     )
-    checksum, _ = ct.commit_tree(repo, args.tree, options)
-    repo.write_ref(args.branch, checksum)
+    # Shared lock: a concurrent prune must not sweep an object this commit is reusing.
+    with repo.lock(exclusive=False):
+        checksum, _ = ct.commit_tree(repo, args.tree, options)
+        repo.write_ref(args.branch, checksum)
     if args.json:
         print_json({"commit": checksum, "branch": args.branch})
     else:

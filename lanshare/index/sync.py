@@ -61,7 +61,7 @@ def reindex(engine: Engine, repo: Repo) -> ReindexReport:
     owners = _ref_of_commits(repo, commits)
     refs = repo.list_collection_refs()
     with Session(engine) as session, session.begin():
-        last_used = dict(session.execute(select(Commit.checksum, Commit.last_used)).tuples().all())
+        last_used = {row[0]: row[1] for row in session.execute(select(Commit.checksum, Commit.last_used))}
         session.execute(delete(Commit))
         session.execute(delete(Ref))
         for checksum, info in commits.items():
@@ -106,5 +106,5 @@ def pin_rules(engine: Engine) -> list[PinRule]:
 def last_used(engine: Engine) -> dict[str, float]:
     """When each indexed commit was last served or deployed, as Unix time."""
     with Session(engine) as session:
-        rows = session.execute(select(Commit.checksum, Commit.last_used)).tuples().all()
-    return {checksum: used.timestamp() for checksum, used in rows}
+        rows = session.execute(select(Commit.checksum, Commit.last_used)).all()
+    return {row[0]: row[1].timestamp() for row in rows}

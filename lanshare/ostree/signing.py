@@ -48,17 +48,13 @@ _GPG_TIMEOUT = 60
 
 @dataclass(frozen=True)
 class VerifiedSignature:
-    """The signature that made a commit (or summary) trusted.
-
-    GPG: ``key_id`` is the long key id of the signing key (as ``ostree show`` prints it),
-    ``fingerprint`` that key's fingerprint and ``primary_fingerprint`` its primary key's.
-    ed25519: ``key_id`` is the base64 public key; the fingerprints are None.
-    """
+    """The signature that made a commit (or summary) trusted, and the key that made it."""
 
     kind: Kind
+    # GPG: long key id of the signing (sub)key, as ``ostree show`` prints it; ed25519: the base64 public key
     key_id: str
-    fingerprint: str | None = None
-    primary_fingerprint: str | None = None
+    fingerprint: str | None = None  # GPG only: the signing key's fingerprint
+    primary_fingerprint: str | None = None  # GPG only: its primary key's (the one in ``gpg --list-keys``)
 
 
 # --- the signature dictionary -----------------------------------------------------------------------
@@ -126,12 +122,8 @@ def _stderr(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 def sign_gpg(data: bytes, key_id: str, homedir: Path) -> bytes:
     """A binary detached OpenPGP signature of ``data`` by ``key_id`` from the GnuPG home ``homedir``."""
-    proc = _run(
-        ["gpg", "--homedir", str(homedir), "--batch", "--no-tty", "--detach-sign", "--local-user", key_id,
-         "--output", "-"],
-        data,
-        f"signing with GPG key {key_id}",
-    )  # fmt: skip
+    argv = ["gpg", "--homedir", str(homedir), "--batch", "--no-tty", "--detach-sign", "--local-user", key_id]
+    proc = _run([*argv, "--output", "-"], data, f"signing with GPG key {key_id}")
     if proc.returncode != 0 or not proc.stdout:
         raise SignatureError(f"gpg could not sign with key {key_id} from {homedir}: {_stderr(proc)}")
     return proc.stdout
@@ -258,7 +250,8 @@ def _verify_gpg_one(data: bytes, signature: bytes, keyrings: list[Path], tmpdir:
     proc = _run([*argv, str(sig_path), "-"], data, "verifying a GPG signature")
     results = _parse_status(proc.stdout.decode("utf-8", "replace"))
     if not results:
-        raise SignatureError(f"corrupt: not an OpenPGP signature ({_stderr(proc)})")
+        first_line = proc.stderr.decode("utf-8", "replace").strip().partition("\n")[0]
+        raise SignatureError(f"corrupt: not an OpenPGP signature ({first_line or 'gpgv found none'})")
     problems: list[str] = []
     for r in results:
         if r.good_key and r.fingerprint and not r.problems:

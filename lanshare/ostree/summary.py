@@ -235,14 +235,10 @@ def build_summary(
     static_deltas: Mapping[str, bytes] | None = None,
     extra_metadata: Mapping[str, Variant] | None = None,
 ) -> bytes:
-    """Serialize a summary exactly as ``ostree summary -u`` (libostree 2022.7) lays it out.
-
-    ``refs`` is the main list (with a collection id: every ref of that collection);
-    ``collection_map`` holds refs of *other* collections (entries for ``collection_id`` itself are
-    an error: libostree puts them in the main list).  ``static_deltas`` maps delta names
-    (``FROM-TO`` or ``TO``, hex) to the SHA-256 of their superblock.  ``extra_metadata`` plays the part
-    of ``ostree summary -m``.  ``last_modified`` defaults to now.
-    """
+    """Serialize a summary byte for byte as ``ostree summary -u`` (libostree 2022.7) would."""
+    # refs: the main list (with a collection id, every ref of that collection); collection_map: refs
+    # of *other* collections only; static_deltas: delta name (FROM-TO or TO) -> SHA-256 of its
+    # superblock; extra_metadata: what ``ostree summary -m`` adds; last_modified defaults to now.
     other_collections = dict(collection_map or {})
     if collection_id is not None and collection_id in other_collections:
         raise ValueError(f"refs of the repo's own collection {collection_id!r} belong in the main list")
