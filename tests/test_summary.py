@@ -162,11 +162,9 @@ def test_parse_ostree_summary(tmp_path: Path) -> None:
 
 
 def test_collection_id_layout(tmp_path: Path) -> None:
-    """With a collection id, the repo's own collection (heads and its own mirrors) is the main list.
-
-    Other collections' mirrors go to ``ostree.summary.collection-map``.  ``ostree summary -u`` also
-    creates an ``ostree-metadata`` ref in the main list; lanshare does not make one (see summary.py).
-    """
+    """With a collection id, the repo's own collection (heads and own mirrors) is the main list."""
+    # Other collections' mirrors go to ostree.summary.collection-map.  ``ostree summary -u`` also
+    # creates an ostree-metadata ref in the main list; lanshare does not make one (see summary.py).
     repo = make_repo(tmp_path, "org.example.Os")
     stable = rev_parse(repo, "os/stable")
     add_mirror(repo, "org.example.Os", "mirrored/own", stable)
@@ -224,12 +222,10 @@ def test_build_is_byte_identical_with_collections(tmp_path: Path) -> None:
 
 
 def test_build_is_byte_identical_with_deltas_and_extra_metadata(tmp_path: Path) -> None:
-    """Byte-identical with a static delta and ``-m`` metadata, across GLib hash-table growths.
-
-    libostree fills both a{sv} dictionaries through a GLib hash table, so the on-disk key order is
-    the table's slot order; lanshare replays the table (hash, probing and in-place growth).  The key
-    counts include 11 and 13, where a naive rehash-on-growth would give a different order.
-    """
+    """Byte-identical with a static delta and ``-m`` metadata, across GLib hash-table growths."""
+    # libostree fills both a{sv} dictionaries through a GLib hash table, so the on-disk key order is
+    # the table's slot order; lanshare replays the table (hash, probing, in-place growth).  From 3
+    # extra keys on the table grows, where a naive rehash would already give another order.
     repo = make_repo(tmp_path)
     ostree("static-delta", "generate", f"--repo={repo}", "os/stable")
     for count in (0, 3, 11, 13, 25):
