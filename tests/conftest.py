@@ -12,6 +12,8 @@ import pytest
 
 from lanshare.cli import main as lanshare_main
 
+pytest_plugins = ["tests.gpg_fixtures"]
+
 OSTREE = shutil.which("ostree")
 requires_ostree = pytest.mark.skipif(OSTREE is None, reason="the ostree CLI is not installed")
 

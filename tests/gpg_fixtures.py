@@ -1,6 +1,6 @@
 """Throwaway GnuPG keys for signature tests: one session-wide homedir holding a trusted and an untrusted key.
 
-Use with ``pytest_plugins = ["tests.gpg_fixtures"]`` in a test module.
+Registered for every test module by ``tests/conftest.py``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from lanshare.ostree.summary import SummaryRef, build_summary, parse_summary
 if TYPE_CHECKING:  # imported by pytest as a plugin: importing it here first would defeat assert rewriting
     from tests.gpg_fixtures import GpgKeys
 
-pytest_plugins = ["tests.gpg_fixtures"]
 
 pytestmark = pytest.mark.skipif(shutil.which("ostree") is None, reason="the ostree CLI is not installed")
 

@@ -8,6 +8,7 @@ from lanshare.cli import EXIT_OK, print_json
 from lanshare.errors import UsageError
 from lanshare.gvariant import Variant
 from lanshare.ostree import commit_tree as ct
+from lanshare.ostree import signing
 from lanshare.ostree.repo import Repo, validate_ref
 
 
@@ -55,9 +56,20 @@ def run_commit(args: argparse.Namespace) -> int:
         xattrs=not args.no_xattrs,
         bind_ref=not args.no_bindings,
     )
+    secret_keys = [signing.load_ed25519_secret_key(args.sign_ed25519)] if args.sign_ed25519 else []
     # Shared lock: a concurrent prune must not sweep an object this commit is reusing.
     with repo.lock(exclusive=False):
-        checksum, _ = ct.commit_tree(repo, args.tree, options)
+        checksum, data = ct.commit_tree(repo, args.tree, options)
+        if args.gpg_sign or secret_keys:
+            # Signatures go in before the ref moves: a signed ref never points at an unsigned commit.
+            metadata = signing.sign_metadata(
+                data,
+                repo.load_commitmeta(checksum),
+                gpg_key_ids=args.gpg_sign,
+                gpg_homedir=args.gpg_homedir,
+                ed25519_secret_keys=secret_keys,
+            )
+            repo.write_commitmeta(checksum, metadata)
         repo.write_ref(args.branch, checksum)
     if args.json:
         print_json({"commit": checksum, "branch": args.branch})

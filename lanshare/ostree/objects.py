@@ -44,6 +44,12 @@ class ObjectType(enum.Enum):
     COMMIT_META = "commitmeta"
     TOMBSTONE_COMMIT = "commit-tombstone"
 
+    def __lt__(self, other: object) -> bool:
+        # Ordered by extension, so (checksum, type) keys sort deterministically.
+        if not isinstance(other, ObjectType):
+            return NotImplemented
+        return self.value < other.value
+
     @property
     def is_meta(self) -> bool:
         """True for objects named by the checksum of their own bytes."""
