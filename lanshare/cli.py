@@ -106,6 +106,15 @@ def _add_path(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_lazy("path", "run_path"))
 
 
+def _add_summary(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("summary", parents=[_common()], help="regenerate or show the repository summary")
+    p.add_argument("--update", "-u", action="store_true", help="regenerate the summary from the refs")
+    p.add_argument("--gpg-sign", metavar="KEYID", action="append", default=[], help="sign it with KEYID")
+    p.add_argument("--gpg-homedir", type=Path, help="GnuPG home directory holding the secret key")
+    p.add_argument("--sign-ed25519", metavar="KEYFILE", type=Path, help="sign it with this ed25519 key")
+    p.set_defaults(handler=_lazy("summary", "run_summary"))
+
+
 def _add_retention(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("prune", parents=[_common()], help="remove what retention does not keep")
     p.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
@@ -132,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fsck(sub)
     _add_path(sub)
     _add_retention(sub)
+    _add_summary(sub)
     return parser
 
 

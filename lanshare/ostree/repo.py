@@ -115,7 +115,7 @@ class Repo:
         if collection_id:
             text += f"collection-id={collection_id}\n"
         repo = cls(path, collection_id)
-        repo._atomic_write(path / "config", [text.encode()], durable=True)
+        repo.atomic_write(path / "config", [text.encode()], durable=True)
         return repo
 
     @classmethod
@@ -154,7 +154,7 @@ class Repo:
 
     # -- writing primitives ----------------------------------------------------------------
 
-    def _atomic_write(self, target: Path, chunks: Iterable[bytes], *, durable: bool = False) -> None:
+    def atomic_write(self, target: Path, chunks: Iterable[bytes], *, durable: bool = False) -> None:
         """Stage ``chunks`` in tmp/ and rename over ``target``; fsync when ``durable``."""
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="tmpobject-")
         try:
@@ -262,17 +262,17 @@ class Repo:
         validate_metadata_object(object_type, data, where)
         path = self.object_path(checksum, object_type)
         if not path.exists():
-            self._atomic_write(path, [data])
+            self.atomic_write(path, [data])
         return checksum
 
     def write_commitmeta(self, commit: str, metadata: dict[str, Variant]) -> None:
         """Store a commit's detached metadata, named after the commit."""
-        self._atomic_write(self.object_path(commit, ObjectType.COMMIT_META), [encode_metadata(metadata)])
+        self.atomic_write(self.object_path(commit, ObjectType.COMMIT_META), [encode_metadata(metadata)])
 
     def write_commitmeta_bytes(self, commit: str, data: bytes) -> None:
         """Store detached metadata received from elsewhere, after checking that it parses."""
         parse_metadata(data, f"{commit}.commitmeta")
-        self._atomic_write(self.object_path(commit, ObjectType.COMMIT_META), [data])
+        self.atomic_write(self.object_path(commit, ObjectType.COMMIT_META), [data])
 
     def write_content(self, header: FileHeader, chunks: Iterable[bytes]) -> str:
         """Compress and store a file's data as ``.filez``; returns its checksum."""
@@ -461,7 +461,7 @@ class Repo:
         if not self.has_object(commit, ObjectType.COMMIT):
             raise MissingObject(f"{commit}.commit: cannot point ref {name} at a commit that is not here")
         self.sync()
-        self._atomic_write(path, [f"{commit}\n".encode()], durable=True)
+        self.atomic_write(path, [f"{commit}\n".encode()], durable=True)
 
     def _walk_refs(self, base: Path) -> Iterator[tuple[str, str]]:
         if not base.is_dir():
