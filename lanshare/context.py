@@ -30,6 +30,10 @@ class Context:
         """The repository, created (with the configured collection ID) on first use."""
         return Repo.init(self.repo_path, self.config.repo.collection_id)
 
+    def open_repo(self) -> Repo:
+        """The repository, which must already exist (for commands that only read)."""
+        return Repo.open(self.repo_path)
+
     @functools.cached_property
     def index(self) -> Engine:
         """The index database, migrated to this version's schema."""

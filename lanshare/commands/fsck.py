@@ -40,13 +40,10 @@ def signature_checker(keyring: Path | None, ed25519_keys: list[str]) -> Verifier
 
 def run_fsck(args: argparse.Namespace) -> int:
     """Run fsck and print a report; exit 1 when anything is wrong."""
-    if args.repo is None or args.config is not None:
-        ctx = Context.from_args(args)
-        repo = Repo.open(ctx.repo_path)
-        keyring = args.gpg_keyring or ctx.config.trust.gpg_keyring
-        keys = args.ed25519_key or [base64.b64encode(k).decode() for k in ctx.config.trust.ed25519_keys]
-    else:
-        repo, keyring, keys = Repo.open(args.repo), args.gpg_keyring, args.ed25519_key
+    ctx = Context.from_args(args)
+    repo = ctx.open_repo()
+    keyring = args.gpg_keyring or ctx.config.trust.gpg_keyring
+    keys = args.ed25519_key or [base64.b64encode(k).decode() for k in ctx.config.trust.ed25519_keys]
     total = sum(1 for _ in repo.iter_objects())
     with progress_bar("fsck", total) as advance:
         report = fsck(repo, verify_signature=signature_checker(keyring, keys), progress=advance)

@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
-from lanshare.ostree.repo import Repo
+from lanshare.context import Context
 from lanshare.update_path import PathError, RepoGraph, compute_path
 
 
 def run_path(args: argparse.Namespace) -> int:
     """Compute the path from ``--from`` on ``--ref`` over the repository's commits."""
-    repo = Repo.open(args.repo)
+    repo = Context.from_args(args).open_repo()
     graph = RepoGraph(repo)
     start = repo.resolve_rev(args.start) if len(args.start) != 64 else args.start
     try:

@@ -7,7 +7,6 @@ import argparse
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
 from lanshare.ostree import signing
-from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import regenerate_summary
 from lanshare.ostree.summary import Summary, SummaryRef, parse_summary
 
@@ -29,7 +28,7 @@ def _to_json(summary: Summary) -> dict[str, object]:
 
 def run_summary(args: argparse.Namespace) -> int:
     """Regenerate the summary when asked, then print what it lists."""
-    repo = Repo.open(args.repo or Context.from_args(args).repo_path)
+    repo = Context.from_args(args).open_repo()
     if args.update:
         secret = [signing.load_ed25519_secret_key(args.sign_ed25519)] if args.sign_ed25519 else []
         data = regenerate_summary(
