@@ -1,0 +1,206 @@
+"""lanshare's own LAN protocol (``/lanshare/v1/``): the one place its framing is defined.
+
+Batch object fetch: ``POST /lanshare/v1/objects`` with a JSON body
+``{"objects": ["<checksum>.<ext>", ...]}`` (at most :data:`MAX_BATCH_OBJECTS` names, body at most
+:data:`MAX_REQUEST_BYTES`) answers ``200`` with content type :data:`BATCH_CONTENT_TYPE`: a zstd
+stream whose decompressed bytes are
+
+    MAGIC (b"LSB" + version byte)
+    record*      one per requested name, in request order
+    END          one byte 0xFF
+
+    record := kind (1 byte, see _KIND_CODES) | checksum (32 raw bytes) | status (1 byte)
+              | [length (8 bytes, big-endian) | data (length bytes)]   -- only when status == PRESENT
+    status := PRESENT | ABSENT (not held) | TOO_LARGE (fetch it from the archive path)
+
+``data`` is the object file exactly as stored in the archive repository (``.filez`` stays
+deflated), so the receiver verifies it with the same code as any other source.  A peer that does
+not hold an object says so (status ABSENT) instead of failing the whole batch.
+
+Bump :data:`VERSION` (and the path prefix) for any incompatible change.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from lanshare.errors import Error
+from lanshare.ostree.objects import ObjectType, is_checksum
+
+VERSION = 1
+API_PREFIX = "/lanshare/v1"
+MAGIC = b"LSB" + bytes([VERSION])
+BATCH_CONTENT_TYPE = "application/x-lanshare-batch+zstd"
+MAX_BATCH_OBJECTS = 1024
+MAX_REQUEST_BYTES = 128 * 1024
+# Objects above this travel through the plain archive path instead, which streams and resumes.
+MAX_OBJECT_BYTES = 16 * 1024 * 1024
+END = 0xFF
+# ABSENT: the peer does not hold it.  TOO_LARGE: above MAX_OBJECT_BYTES; fetch it from the plain
+# archive path, which streams and supports Range.
+PRESENT, ABSENT, TOO_LARGE = 0, 1, 2
+
+_KIND_CODES: dict[ObjectType, int] = {
+    ObjectType.FILE: 1,
+    ObjectType.DIR_TREE: 2,
+    ObjectType.DIR_META: 3,
+    ObjectType.COMMIT: 4,
+    ObjectType.COMMIT_META: 5,
+    ObjectType.TOMBSTONE_COMMIT: 6,
+}
+_CODE_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
+_HEADER = struct.Struct(">B32sB")
+_FEED_SLICE = 1024
+_LENGTH = struct.Struct(">Q")
+_MAX_BUFFERED = MAX_OBJECT_BYTES + _HEADER.size + _LENGTH.size + 1
+
+
+class WireError(Error):
+    """A peer sent something that does not follow the protocol."""
+
+
+@dataclass(frozen=True)
+class ObjectName:
+    """A requested object: checksum and type (``<checksum>.<ext>`` on the wire)."""
+
+    checksum: str
+    kind: ObjectType
+
+    def __str__(self) -> str:
+        return f"{self.checksum}.{self.kind.value}"
+
+    @classmethod
+    def parse(cls, text: str) -> ObjectName:
+        """Parse ``<checksum>.<ext>``; raises WireError for anything else."""
+        checksum, _, ext = text.partition(".")
+        if not is_checksum(checksum):
+            raise WireError(f"bad object name {text[:80]!r}")
+        try:
+            return cls(checksum, ObjectType.from_extension(ext))
+        except ValueError:
+            raise WireError(f"bad object type in {text[:80]!r}") from None
+
+
+def parse_request(body: object) -> list[ObjectName]:
+    """Validate a decoded JSON batch request body."""
+    if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
+        raise WireError('expected a JSON object {"objects": [...]}')
+    names = body["objects"]
+    if len(names) > MAX_BATCH_OBJECTS:
+        raise WireError(f"{len(names)} objects requested; at most {MAX_BATCH_OBJECTS} per batch")
+    if not all(isinstance(n, str) for n in names):
+        raise WireError("object names must be strings")
+    return [ObjectName.parse(n) for n in names]
+
+
+def encode_record(name: ObjectName, data: bytes | None, status: int = PRESENT) -> bytes:
+    """One record: header, and length plus data when the object is present."""
+    if data is None:
+        return _HEADER.pack(_KIND_CODES[name.kind], bytes.fromhex(name.checksum), status)
+    header = _HEADER.pack(_KIND_CODES[name.kind], bytes.fromhex(name.checksum), PRESENT)
+    return header + _LENGTH.pack(len(data)) + data
+
+
+def encode_batch(records: Iterable[tuple[ObjectName, bytes | None]]) -> Iterator[bytes]:
+    """Uncompressed batch stream for (name, data or None) pairs; the server compresses it."""
+    yield MAGIC
+    for name, data in records:
+        yield encode_record(name, data, ABSENT)
+    yield bytes([END])
+
+
+def compressor() -> zstandard.ZstdCompressor:
+    """The compressor both ends agree on (level 3: cheap on a LAN, still shrinks metadata well)."""
+    return zstandard.ZstdCompressor(level=3)
+
+
+class BatchDecoder:
+    """Incremental parser of a batch response: feed compressed bytes, get records as they complete.
+
+    Records must arrive in request order, so a peer cannot slip in an object nobody asked for;
+    a stream that ends early, runs on, or declares an oversized object is an error.  Memory is
+    bounded by :data:`MAX_OBJECT_BYTES` plus one network chunk.
+    """
+
+    def __init__(self, expected: list[ObjectName]) -> None:
+        self._expected = list(expected)
+        self._next = 0
+        self._inflater = zstandard.ZstdDecompressor().decompressobj()
+        self._buffer = bytearray()
+        self._seen_magic = False
+        self._done = False
+
+    def feed(self, compressed: bytes) -> list[tuple[ObjectName, bytes | None, int]]:
+        """Parse what ``compressed`` completes: (name, data or None, status) per finished record."""
+        out: list[tuple[ObjectName, bytes | None, int]] = []
+        # Small slices bound what one step can inflate to (zstd can expand a few bytes into a
+        # whole block), so a decompression bomb is caught before it exhausts memory.
+        for start in range(0, len(compressed), _FEED_SLICE):
+            try:
+                self._buffer += self._inflater.decompress(compressed[start : start + _FEED_SLICE])
+            except zstandard.ZstdError as e:
+                raise WireError(f"batch stream is not valid zstd: {e}") from None
+            while (record := self._parse_one()) is not None:
+                out.append(record)
+            if len(self._buffer) > _MAX_BUFFERED:
+                raise WireError(f"batch record larger than the {MAX_OBJECT_BYTES}-byte limit")
+        return out
+
+    def _parse_one(self) -> tuple[ObjectName, bytes | None, int] | None:
+        buf = self._buffer
+        if not self._seen_magic:
+            if len(buf) < len(MAGIC):
+                return None
+            if bytes(buf[: len(MAGIC)]) != MAGIC:
+                raise WireError("not a lanshare v1 batch stream")
+            del buf[: len(MAGIC)]
+            self._seen_magic = True
+        if self._done:
+            if buf:
+                raise WireError("trailing bytes after the end of the batch")
+            return None
+        if not buf:
+            return None
+        if self._next == len(self._expected):
+            if buf[0] != END:
+                raise WireError("batch carries more records than requested")
+            del buf[:1]
+            self._done = True
+            return self._parse_one()
+        want = self._expected[self._next]
+        if buf[0] == END:
+            raise WireError(f"batch ended after fewer records than requested (missing {want})")
+        if len(buf) < _HEADER.size:
+            return None
+        kind_code, raw, status = _HEADER.unpack_from(buf)
+        got = ObjectName(raw.hex(), _CODE_KINDS.get(kind_code, want.kind))
+        if kind_code not in _CODE_KINDS or got != want:
+            raise WireError(f"batch sent {got} where {want} was expected")
+        if status in (ABSENT, TOO_LARGE):
+            del buf[: _HEADER.size]
+            self._next += 1
+            return want, None, status
+        if status != PRESENT:
+            raise WireError(f"bad record status {status} for {want}")
+        if len(buf) < _HEADER.size + _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(buf, _HEADER.size)
+        if length > MAX_OBJECT_BYTES:
+            raise WireError(f"{want} claims {length} bytes (limit {MAX_OBJECT_BYTES})")
+        start = _HEADER.size + _LENGTH.size
+        if len(buf) < start + length:
+            return None
+        data = bytes(buf[start : start + length])
+        del buf[: start + length]
+        self._next += 1
+        return want, data, PRESENT
+
+    def finish(self) -> None:
+        """Call at the end of the response: raises unless every record and the end marker came."""
+        if not self._done:
+            missing = self._expected[self._next] if self._next < len(self._expected) else "the end marker"
+            raise WireError(f"batch stream ended early (before {missing})")
