@@ -106,6 +106,26 @@ def _add_path(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_lazy("path", "run_path"))
 
 
+def _add_network(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("serve", parents=[_common()], help="run the daemon (LAN listener, status page)")
+    p.set_defaults(handler=_lazy("serve", "run_serve"))
+    p = sub.add_parser("pull", parents=[_common()], help="pull a ref or commit from peers or the origin")
+    p.add_argument("target", metavar="REF|COMMIT", help="ref to pull (its head) or a commit checksum")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="pull from this URL (an OSTree archive remote or a lanshare peer); repeatable, tried in order",
+    )
+    p.add_argument("--ref", help="with a COMMIT: the ref it belongs to (checked against its binding)")
+    p.set_defaults(handler=_lazy("pull", "run_pull"))
+    p = sub.add_parser("upgrade", parents=[_common()], help="deploy the next step of the update path")
+    p.add_argument("--all", action="store_true", help="walk every step to the end of the path")
+    p.set_defaults(handler=_lazy("upgrade", "run_upgrade"))
+
+
 def _add_summary(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("summary", parents=[_common()], help="regenerate or show the repository summary")
     p.add_argument("--update", "-u", action="store_true", help="regenerate the summary from the refs")
@@ -142,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_path(sub)
     _add_retention(sub)
     _add_summary(sub)
+    _add_network(sub)
     return parser
 
 
