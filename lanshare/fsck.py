@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +13,7 @@ from lanshare.ostree.objects import ObjectType, sha256_hex, validate_metadata_ob
 from lanshare.ostree.repo import Repo
 
 Verifier = Callable[[Repo, str], str | None]
+_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ def _check_object(repo: Repo, checksum: str, kind: ObjectType, path: Path) -> Pr
     return None
 
 
+def _check_batch(
+    repo: Repo, batch: list[tuple[str, ObjectType, Path]]
+) -> list[tuple[str, ObjectType, Problem]]:
+    found = []
+    for checksum, kind, path in batch:
+        problem = _check_object(repo, checksum, kind, path)
+        if problem:
+            found.append((checksum, kind, problem))
+    return found
+
+
 def fsck(
     repo: Repo,
     *,
@@ -79,18 +91,17 @@ def fsck(
     report = FsckReport()
     objects = list(repo.iter_objects())
     bad: set[tuple[str, ObjectType]] = set()
-    # Decompression and hashing release the GIL, so a thread per core checks content in parallel.
+    batches = [objects[i : i + _BATCH] for i in range(0, len(objects), _BATCH)]
+    # Decompression and hashing release the GIL, so a thread per core checks content in parallel;
+    # batches keep the per-future overhead off the main thread.
     with ThreadPoolExecutor(max_workers=workers or (os.cpu_count() or 1)) as pool:
-        results: Iterator[Problem | None] = pool.map(
-            lambda item: _check_object(repo, *item), objects, chunksize=64
-        )
-        for (checksum, kind, _), problem in zip(objects, results, strict=True):
-            report.objects_checked += 1
-            if problem:
+        for batch, problems in zip(batches, pool.map(lambda b: _check_batch(repo, b), batches), strict=True):
+            report.objects_checked += len(batch)
+            for checksum, kind, problem in problems:
                 report.problems.append(problem)
                 bad.add((checksum, kind))
             if progress:
-                progress(1)
+                progress(len(batch))
     on_disk = {(c, k) for c, k, _ in objects}
     present = on_disk - bad
     partial = repo.partial_commits()

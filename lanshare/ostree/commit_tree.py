@@ -60,6 +60,15 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
+@dataclass
+class _PendingDir:
+    """A scanned directory whose files are still being written by the pool."""
+
+    meta: str
+    files: list[tuple[str, Future[str]]] = field(default_factory=list)
+    dirs: list[tuple[str, _PendingDir]] = field(default_factory=list)
+
+
 class TreeWriter:
     """Writes the objects of a directory tree, compressing files on a small thread pool."""
 
@@ -87,24 +96,31 @@ class TreeWriter:
 
     def write_dir(self, path: str) -> tuple[str, str]:
         """Write a directory recursively; returns (dirtree checksum, dirmeta checksum)."""
+        # Queue every file of the whole tree before waiting on any, so both cores stay busy even
+        # when a directory holds a single large file.
+        return self._finish(self._scan(path))
+
+    def _scan(self, path: str) -> _PendingDir:
         st = os.lstat(path)
         uid, gid = self._owner(st)
         meta = DirMeta(uid, gid, st.st_mode, self._xattrs(path))
-        meta_checksum = self.repo.write_metadata(ObjectType.DIR_META, meta.to_bytes())
-        files: list[tuple[str, Future[str]]] = []
-        dirs: list[tuple[str, str, str]] = []
+        pending = _PendingDir(self.repo.write_metadata(ObjectType.DIR_META, meta.to_bytes()))
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name.encode())
         for entry in entries:
             entry_st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(entry_st.st_mode):
-                dirs.append((entry.name, *self.write_dir(entry.path)))
+                pending.dirs.append((entry.name, self._scan(entry.path)))
             elif stat.S_ISREG(entry_st.st_mode) or stat.S_ISLNK(entry_st.st_mode):
-                files.append((entry.name, self.pool.submit(self._write_file, entry.path, entry_st)))
+                pending.files.append((entry.name, self.pool.submit(self._write_file, entry.path, entry_st)))
             else:
                 raise CommitError(f"{entry.path}: cannot commit a special file (device, FIFO or socket)")
-        tree = DirTree([(name, future.result()) for name, future in files], dirs)
-        return self.repo.write_metadata(ObjectType.DIR_TREE, tree.to_bytes()), meta_checksum
+        return pending
+
+    def _finish(self, pending: _PendingDir) -> tuple[str, str]:
+        dirs = [(name, *self._finish(child)) for name, child in pending.dirs]
+        tree = DirTree([(name, future.result()) for name, future in pending.files], dirs)
+        return self.repo.write_metadata(ObjectType.DIR_TREE, tree.to_bytes()), pending.meta
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -13,7 +13,7 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from lanshare import gvariant
@@ -105,8 +105,30 @@ def parse_archive_header(prefix: bytes, where: str) -> FileHeader:
     )
 
 
-def read_archive_header(stream: BinaryIO, where: str) -> FileHeader:
-    """Read and parse the framed archive header at the start of a ``.filez`` stream."""
+# Headers repeat: most files share owner, mode and xattrs and differ only in size, which is the
+# fixed-width first field.  Caching by the bytes after it skips a GVariant decode and re-encode
+# per object (a third of fsck's time on a typical tree).
+_HEADER_CACHE: dict[bytes, tuple[FileHeader, bytes]] = {}
+_HEADER_CACHE_LIMIT = 4096
+
+
+def parse_archive_header_cached(data: bytes, where: str) -> tuple[FileHeader, bytes]:
+    """Parse archive header bytes; returns the header and its checksum prefix."""
+    tail = data[8:]
+    hit = _HEADER_CACHE.get(tail) if len(data) >= 8 else None
+    if hit is None:
+        header = parse_archive_header(data, where)
+        hit = (replace(header, size=0), header.checksum_prefix())
+        if len(_HEADER_CACHE) < _HEADER_CACHE_LIMIT:
+            _HEADER_CACHE[tail] = hit
+    template, checksum_prefix = hit
+    size = int.from_bytes(data[:8], "big")
+    if size and template.is_symlink:
+        raise CorruptObject(where, "symlink without a target, or with data")
+    return replace(template, size=size), checksum_prefix
+
+
+def _read_header_bytes(stream: BinaryIO, where: str) -> bytes:
     frame = stream.read(8)
     if len(frame) != 8:
         raise CorruptObject(where, "truncated before the file header")
@@ -116,7 +138,12 @@ def read_archive_header(stream: BinaryIO, where: str) -> FileHeader:
     data = stream.read(length)
     if len(data) != length:
         raise CorruptObject(where, "truncated inside the file header")
-    return parse_archive_header(data, where)
+    return data
+
+
+def read_archive_header(stream: BinaryIO, where: str) -> FileHeader:
+    """Read and parse the framed archive header at the start of a ``.filez`` stream."""
+    return parse_archive_header_cached(_read_header_bytes(stream, where), where)[0]
 
 
 def inflate(stream: BinaryIO, header: FileHeader, where: str) -> Iterator[bytes]:
@@ -149,8 +176,8 @@ def inflate(stream: BinaryIO, header: FileHeader, where: str) -> Iterator[bytes]
 
 def checksum_filez(stream: BinaryIO, where: str) -> tuple[str, FileHeader]:
     """Checksum a ``.filez`` stream the way libostree names it; raises CorruptObject if malformed."""
-    header = read_archive_header(stream, where)
-    digest = hashlib.sha256(header.checksum_prefix())
+    header, checksum_prefix = parse_archive_header_cached(_read_header_bytes(stream, where), where)
+    digest = hashlib.sha256(checksum_prefix)
     for chunk in inflate(stream, header, where):
         digest.update(chunk)
     return digest.hexdigest(), header
