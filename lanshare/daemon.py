@@ -1,0 +1,207 @@
+"""The lanshare daemon: one aiohttp application holding every long-lived resource, and ``run``.
+
+Each resource is a ``cleanup_ctx`` entry stored under a typed :class:`web.AppKey`; they start in
+order and stop in reverse, and only those that started are stopped.  The LAN listener is itself
+such a resource: its own application and runner on ``[sharing] listen``, stopped first so
+in-flight responses finish while the repository and index are still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+import signal
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import Engine
+
+from lanshare.config import Config, ListenAddress
+from lanshare.errors import Error
+from lanshare.index.db import open_index
+from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import regenerate_summary, summary_refs
+from lanshare.ostree.summary import parse_summary
+from lanshare.server import LanLimits, create_lan_app
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+NODE_ID = web.AppKey("node_id", str)
+REPO = web.AppKey("repo", Repo)
+INDEX = web.AppKey("index", Engine)
+LAN_APP = web.AppKey("lan_app", web.Application)
+LAN_ADDRESS = web.AppKey("lan_address", ListenAddress)
+
+NODE_ID_FILE = "node-id"
+# Where the bound LAN address ("host:port") is written once listening: with port 0 it is the
+# only way for another process to learn the port.
+LAN_ADDRESS_FILE = "lan-address"
+_NODE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+class DaemonError(Error):
+    """The daemon cannot start: a listener cannot bind, the state directory is unusable…"""
+
+
+def _write_file(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write ``text`` to ``path`` atomically; with ``exclusive``, only if ``path`` does not exist yet."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        if exclusive:
+            os.link(tmp, path)  # fails if another process created it first
+        else:
+            os.replace(tmp, path)
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_node_id(state_dir: Path) -> str:
+    """This machine's node id: generated once (random), then read from ``<state_dir>/node-id``."""
+    path = state_dir / NODE_ID_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = None
+        if text is not None and _NODE_ID_RE.fullmatch(text):
+            return text
+        node_id = secrets.token_hex(16)
+        if text is None:
+            try:
+                _write_file(path, node_id + "\n", exclusive=True)
+            except FileExistsError:
+                return load_node_id(state_dir)
+        else:
+            log.warning("%s does not hold a node id; replacing it with a new one", path)
+            _write_file(path, node_id + "\n")
+    except OSError as e:
+        raise DaemonError(f"cannot keep the node id in {path}: {e.strerror or e}") from e
+    return node_id
+
+
+def refresh_summary(repo: Repo) -> bool:
+    """Regenerate ``summary`` when it is missing or lists other refs than the repository; True if it did."""
+    main, others = summary_refs(repo)
+    wanted = (
+        repo.collection_id,
+        {(r.name, r.checksum) for r in main},
+        {cid: {(r.name, r.checksum) for r in refs} for cid, refs in others.items()},
+    )
+    try:
+        current = parse_summary((repo.path / "summary").read_bytes())
+        have = (
+            current.collection_id,
+            {(r.name, r.checksum) for r in current.refs},
+            {cid: {(r.name, r.checksum) for r in refs} for cid, refs in current.collection_map.items()},
+        )
+        if have == wanted:
+            return False
+    except (FileNotFoundError, Error):
+        pass
+    signed = (repo.path / "summary.sig").exists()
+    regenerate_summary(repo)
+    if signed:
+        # The daemon holds no signing key: a stale signature would only make verifying clients fail.
+        log.warning(
+            "refs changed since the summary was signed: summary.sig removed (re-sign: lanshare summary -u)"
+        )
+    return True
+
+
+async def _node_id(app: web.Application) -> AsyncIterator[None]:
+    app[NODE_ID] = await asyncio.to_thread(load_node_id, app[CONFIG].state_dir)
+    log.info("node id %s", app[NODE_ID])
+    yield
+
+
+async def _repo(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].repo
+
+    def open_repo() -> Repo:
+        repo = Repo.init(config.path, config.collection_id)
+        try:
+            if refresh_summary(repo):
+                log.info("summary regenerated: refs changed since it was written")
+        except Error as e:
+            # Serving objects does not need a summary; a stock `ostree pull` of a named ref may.
+            log.error("cannot regenerate the summary of %s: %s", config.path, e)
+        return repo
+
+    app[REPO] = await asyncio.to_thread(open_repo)
+    yield
+
+
+async def _index(app: web.Application) -> AsyncIterator[None]:
+    # Migrating and backing up block: off the event loop.
+    engine = await asyncio.to_thread(open_index, app[CONFIG].database.url)
+    app[INDEX] = engine
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(engine.dispose)
+
+
+async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    listen = config.sharing.listen
+    limits = LanLimits.from_config(config.sharing)
+    lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
+    runner = web.AppRunner(lan_app, **limits.runner_kwargs())
+    await runner.setup()
+    address_file = config.state_dir / LAN_ADDRESS_FILE
+    try:
+        try:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        except OSError as e:
+            raise DaemonError(f"cannot listen on {listen} ([sharing] listen): {e.strerror or e}") from e
+        host, port = runner.addresses[0][:2]
+        app[LAN_APP] = lan_app
+        app[LAN_ADDRESS] = bound = ListenAddress(host, port)
+        await asyncio.to_thread(_write_file, address_file, f"{bound}\n")
+        log.info("LAN listener on http://%s/ (archive at / and /0/, API at /lanshare/v1/)", bound)
+        yield
+    finally:
+        with suppress(FileNotFoundError):
+            address_file.unlink()
+        # Stops accepting, then waits up to limits.shutdown_timeout for in-flight responses.
+        await runner.cleanup()
+
+
+def create_app(config: Config) -> web.Application:
+    """The daemon application: node id, repository, index and the LAN listener, in start order."""
+    app = web.Application()
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_node_id, _repo, _index, _lan_listener])
+    # Next, each its own cleanup_ctx entry after the LAN listener: the status listener (this
+    # application itself, served on [status] listen) and mDNS advertising/discovery.
+    return app
+
+
+async def run(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(config), handle_signals=False)
+    try:
+        await runner.setup()
+        await stop.wait()
+        log.info("stopping: in-flight responses get to finish")
+    finally:
+        await runner.cleanup()
+        for sig in signals:
+            loop.remove_signal_handler(sig)

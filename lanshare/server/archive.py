@@ -1,0 +1,226 @@
+"""The OSTree archive layout over HTTP: a whitelist of repository paths, opened without following links.
+
+A request path is matched against the names libostree fetches (``config``, ``summary``, objects,
+refs, static deltas) *before* any path is built, so ``..``, NUL, backslashes, ``tmp/``, ``state/``
+and everything else never reach the filesystem.  The file is then opened component by component
+under the repository directory with ``O_NOFOLLOW``, so a symlink planted in the repository cannot
+lead outside it either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from lanshare.ostree.objects import ObjectType
+from lanshare.ostree.repo import RepoError, validate_collection_id, validate_ref
+from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX
+from lanshare.server.limits import BodyAborted, BodyWriter, PeerLedger, abort
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Refs, summary and signatures change in place: caches must ask again, the ETag makes that cheap.
+REVALIDATE = "no-cache"
+
+_EXTENSIONS = "|".join(re.escape(t.value) for t in ObjectType)
+_OBJECT_RE = re.compile(rf"objects/([0-9a-f]{{2}})/([0-9a-f]{{62}})\.({_EXTENSIONS})", re.ASCII)
+# libostree names deltas by modified base64 ('/' written as '_') of the commit checksums.
+_B64 = "[A-Za-z0-9+_]"
+_DELTA_RE = re.compile(
+    rf"deltas/{_B64}{{2}}/{_B64}{{41}}(?:-{_B64}{{43}})?/(?:superblock|[0-9]{{1,6}})", re.ASCII
+)
+_DELTA_INDEX_RE = re.compile(rf"delta-indexes/{_B64}{{2}}/{_B64}{{41}}\.index", re.ASCII)
+_TOP_FILES = frozenset({"config", "summary", "summary.sig"})
+_MAX_PATH = 1024
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """A whitelisted repository file: its path components and how long caches may keep it."""
+
+    parts: tuple[str, ...]
+    cache_control: str
+
+
+def _valid_ref(name: str) -> bool:
+    try:
+        validate_ref(name)
+    except RepoError:
+        return False
+    return not name.startswith(PRIVATE_REF_PREFIX)
+
+
+def _ref_file(path: str) -> ArchiveFile | None:
+    parts = path.split("/")
+    if parts[:2] == ["refs", "heads"] and _valid_ref("/".join(parts[2:])):
+        return ArchiveFile(tuple(parts), REVALIDATE)
+    if parts[:2] == ["refs", "mirrors"] and len(parts) > 3 and _valid_ref("/".join(parts[3:])):
+        try:
+            validate_collection_id(parts[2])
+        except RepoError:
+            return None
+        return ArchiveFile(tuple(parts), REVALIDATE)
+    return None
+
+
+def archive_file(path: str) -> ArchiveFile | None:
+    """The repository file a (decoded, prefix-free) request path names, or None if it is not served."""
+    if len(path) > _MAX_PATH or not path.isascii():
+        return None
+    if path in _TOP_FILES:
+        return ArchiveFile((path,), REVALIDATE)
+    if match := _OBJECT_RE.fullmatch(path):
+        # Detached metadata is named after its commit, not its bytes: signatures get added to it.
+        mutable = match.group(3) == ObjectType.COMMIT_META.value
+        return ArchiveFile(tuple(path.split("/")), REVALIDATE if mutable else IMMUTABLE)
+    if _DELTA_RE.fullmatch(path) or _DELTA_INDEX_RE.fullmatch(path):
+        # A delta regenerated with other options has other bytes under the same name.
+        return ArchiveFile(tuple(path.split("/")), REVALIDATE)
+    if path.startswith("refs/"):
+        return _ref_file(path)
+    return None
+
+
+def open_beneath(root: Path, parts: Sequence[str]) -> int:
+    """Open ``root/parts…`` read-only, following no symlink; only regular files (else FileNotFoundError)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        # O_NONBLOCK: opening a FIFO someone left in the repository must not hang a worker thread.
+        fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(f"{'/'.join(parts)}: not a regular file")
+    return fd
+
+
+def _open_file(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_result] | None:
+    try:
+        fd = open_beneath(root, parts)
+    except OSError:
+        # Missing, a symlink (ELOOP), unreadable: all look the same to a peer.
+        return None
+    return fd, os.fstat(fd)
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
+    """(start, count) for one satisfiable range; None to ignore the header; False if unsatisfiable."""
+    match = _RANGE_RE.fullmatch(header.strip())
+    if match is None:
+        # Multiple ranges or another unit: answering with the whole file is allowed.
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            return False
+        return max(0, size - suffix), min(suffix, size)
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return False
+    return start, end - start + 1
+
+
+def _not_modified(request: web.BaseRequest, etag: str, mtime: int) -> bool:
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        return any(tag.value in ("*", etag) for tag in if_none_match)
+    since = request.if_modified_since
+    return since is not None and mtime <= since.timestamp()
+
+
+def _range_applies(request: web.BaseRequest, etag: str, mtime: int) -> bool:
+    """If-Range: honour Range only while the client's copy is still current."""
+    value = request.headers.get("If-Range")
+    if value is None:
+        return True
+    if value.startswith('"'):
+        return value == f'"{etag}"'
+    since = request.if_range
+    return since is not None and mtime <= since.timestamp()
+
+
+async def send_file(
+    request: web.BaseRequest, root: Path, file: ArchiveFile, ledger: PeerLedger
+) -> web.StreamResponse:
+    """Answer GET/HEAD for one repository file: conditional requests, one byte range, then the body."""
+    loop = asyncio.get_running_loop()
+    opened = await loop.run_in_executor(None, _open_file, root, file.parts)
+    if opened is None:
+        raise web.HTTPNotFound()
+    fd, st = opened
+    with open(fd, "rb") as f:
+        size, mtime = st.st_size, int(st.st_mtime)
+        etag = f"{st.st_mtime_ns:x}-{size:x}"
+        headers = {
+            "ETag": f'"{etag}"',
+            "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+            "Cache-Control": file.cache_control,
+            "Accept-Ranges": "bytes",
+        }
+        if _not_modified(request, etag, mtime):
+            response = web.StreamResponse(status=304, headers=headers)
+            await response.prepare(request)
+            return response
+        start, count, status = 0, size, 200
+        header = request.headers.get("Range")
+        if header is not None and _range_applies(request, etag, mtime):
+            wanted = _parse_range(header, size)
+            if wanted is False:
+                headers["Content-Range"] = f"bytes */{size}"
+                raise web.HTTPRequestRangeNotSatisfiable(headers=headers)
+            if isinstance(wanted, tuple):
+                start, count = wanted
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = "application/octet-stream"
+        response.content_length = count
+        await response.prepare(request)
+        if request.method == "HEAD" or count == 0:
+            await response.write_eof()
+            return response
+        writer = BodyWriter(request, response, ledger)
+        try:
+            if writer.bucket is None:
+                await writer.sendfile(f, start, count)
+            else:
+                await _stream(writer, f.fileno(), start, count)
+        except BodyAborted:
+            abort(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+async def _stream(writer: BodyWriter, fd: int, start: int, count: int) -> None:
+    """Copy ``count`` bytes from ``start`` through the writer (the rate-limited path: no sendfile)."""
+    loop = asyncio.get_running_loop()
+    chunk = writer.ledger.limits.chunk_size
+    offset, end = start, start + count
+    while offset < end:
+        data = await loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset)
+        if not data:
+            # The file shrank under us (replaced objects are renamed, so this is a truncation).
+            raise BodyAborted("file ended early")
+        await writer.write(data)
+        offset += len(data)

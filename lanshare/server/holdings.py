@@ -1,0 +1,184 @@
+"""What this node holds (``GET /lanshare/v1/info``), recomputed only when its refs change.
+
+Held commits are found by walking parent links from every ref, lanshare's private pin refs
+included (a pinned checkpoint is exactly what a peer may need), while the refs *advertised* leave
+the private ones out.  The holdings digest is the SHA-256 of a canonical JSON listing (collection
+id, advertised refs, and each held commit with whether its closure is complete), short enough for
+an mDNS TXT record and equal on two nodes exactly when they advertise the same holdings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lanshare import wire
+from lanshare.errors import CorruptObject, MissingObject
+from lanshare.ostree.objects import ObjectType
+from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX
+from lanshare.update_path import CommitInfo
+
+# Guards the parent walk against a looping or absurdly long history.
+MAX_COMMITS = 100_000
+
+Fingerprint = tuple[object, ...]
+
+
+def _canonical(data: object) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def holdings_digest(
+    collection_id: str | None,
+    refs: dict[str, str],
+    mirrors: dict[str, dict[str, str]],
+    complete: dict[str, bool],
+) -> str:
+    """SHA-256 (hex) of the canonical listing the ``holdings_digest`` field summarises."""
+    listing = {"collection_id": collection_id, "refs": refs, "mirrors": mirrors, "commits": complete}
+    return hashlib.sha256(_canonical(listing)).hexdigest()
+
+
+def _held_commits(repo: Repo, roots: list[str]) -> dict[str, CommitInfo]:
+    partial = repo.partial_commits()
+    held: dict[str, CommitInfo] = {}
+    stack = sorted(set(roots), reverse=True)
+    while stack and len(held) < MAX_COMMITS:
+        checksum = stack.pop()
+        if checksum in held:
+            continue
+        try:
+            commit = repo.load_commit(checksum)
+        except (MissingObject, CorruptObject):
+            continue
+        complete = (
+            checksum not in partial
+            and repo.has_object(commit.root_tree, ObjectType.DIR_TREE)
+            and repo.has_object(commit.root_meta, ObjectType.DIR_META)
+        )
+        held[checksum] = CommitInfo.from_commit(checksum, commit, complete=complete)
+        if commit.parent is not None:
+            stack.append(commit.parent)
+    return held
+
+
+def compute_info(repo: Repo, node_id: str) -> dict[str, Any]:
+    """The info document (blocking: reads refs and commit objects)."""
+    heads = repo.list_refs()
+    mirror_refs = repo.list_mirror_refs()
+    refs = {name: c for name, c in heads.items() if not name.startswith(PRIVATE_REF_PREFIX)}
+    mirrors: dict[str, dict[str, str]] = {}
+    for (collection_id, name), commit in mirror_refs.items():
+        if not name.startswith(PRIVATE_REF_PREFIX):
+            mirrors.setdefault(collection_id, {})[name] = commit
+    held = _held_commits(repo, [*heads.values(), *mirror_refs.values()])
+    checkpoints = sorted(
+        (i for i in held.values() if i.is_checkpoint), key=lambda i: (i.timestamp, i.checksum)
+    )
+    return {
+        "protocol": wire.VERSION,
+        "node_id": node_id,
+        "collection_id": repo.collection_id,
+        "refs": refs,
+        "mirrors": mirrors,
+        "commits": {
+            c: {
+                "parent": i.parent,
+                "timestamp": i.timestamp,
+                "version": i.version,
+                "complete": i.complete,
+                "checkpoint": i.is_checkpoint,
+                "checkpoint_target": i.target,
+            }
+            for c, i in sorted(held.items())
+        },
+        "checkpoints": [i.checksum for i in checkpoints],
+        "newest_checkpoint": checkpoints[-1].checksum if checkpoints else None,
+        "holdings_digest": holdings_digest(
+            repo.collection_id, refs, mirrors, {c: i.complete for c, i in held.items()}
+        ),
+    }
+
+
+def refs_fingerprint(repo: Repo) -> Fingerprint:
+    """Changes whenever a ref or a commitpartial marker is added, moved or removed."""
+    entries: list[object] = []
+    for base in (repo.path / "refs" / "heads", repo.path / "refs" / "mirrors"):
+        for root, _, files in os.walk(base):
+            for name in [".", *files]:
+                try:
+                    st = os.stat(os.path.join(root, name), follow_symlinks=False)
+                except FileNotFoundError:
+                    entries.append((root, name, None))
+                    continue
+                # A ref moves by rename: a new inode even when the mtime tick is the same.
+                entries.append((root, name, st.st_ino, st.st_mtime_ns, st.st_size))
+    try:
+        markers = sorted(n for n in os.listdir(repo.state_dir) if n.endswith(".commitpartial"))
+    except FileNotFoundError:
+        markers = []
+    entries.append(tuple(markers))
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class HoldingsSnapshot:
+    """One computed info document, as data and as the JSON bytes served."""
+
+    info: dict[str, Any]
+    body: bytes
+
+    @property
+    def digest(self) -> str:
+        """The holdings digest (for the mDNS TXT record)."""
+        return str(self.info["holdings_digest"])
+
+
+class Holdings:
+    """The cached info document of one repository."""
+
+    def __init__(self, repo: Repo, node_id: str, max_age: float = 60.0) -> None:
+        self.repo = repo
+        self.node_id = node_id
+        # Recompute at least this often: prune can remove commits without touching any ref.
+        self.max_age = max_age
+        self._snapshot: HoldingsSnapshot | None = None
+        self._fingerprint: Fingerprint | None = None
+        self._computed_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        """Recompute on the next request (call after moving refs in this process)."""
+        self._fingerprint = None
+
+    async def snapshot(self) -> HoldingsSnapshot:
+        """The current document; recomputed in a worker thread only when something changed."""
+        loop = asyncio.get_running_loop()
+        fingerprint = await loop.run_in_executor(None, refs_fingerprint, self.repo)
+        if self._fresh(fingerprint):
+            assert self._snapshot is not None
+            return self._snapshot
+        async with self._lock:
+            if self._fresh(fingerprint):
+                assert self._snapshot is not None
+                return self._snapshot
+            computed_at = time.monotonic()
+            info = await loop.run_in_executor(None, compute_info, self.repo, self.node_id)
+            self._snapshot = HoldingsSnapshot(info, json.dumps(info, indent=1, sort_keys=True).encode())
+            # The fingerprint taken before computing: a change made meanwhile triggers another pass.
+            self._fingerprint = fingerprint
+            self._computed_at = computed_at
+            return self._snapshot
+
+    def _fresh(self, fingerprint: Fingerprint) -> bool:
+        return (
+            self._snapshot is not None
+            and fingerprint == self._fingerprint
+            and time.monotonic() - self._computed_at < self.max_age
+        )

@@ -1,0 +1,94 @@
+"""The LAN listener's application: the archive layout at ``/`` and ``/0/``, and ``/lanshare/v1/``.
+
+Read-only by construction: the only routes are GET/HEAD on whitelisted archive paths and the two
+API endpoints, so nothing an admin can do is reachable from the LAN.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from lanshare import wire
+from lanshare.ostree.repo import Repo
+from lanshare.server.archive import archive_file, send_file
+from lanshare.server.batch import read_batch_request, send_batch
+from lanshare.server.holdings import Holdings
+from lanshare.server.limits import LanLimits, PeerLedger, peer_of
+
+log = logging.getLogger(__name__)
+
+REPO = web.AppKey("lan_repo", Repo)
+LIMITS = web.AppKey("lan_limits", LanLimits)
+NODE_ID = web.AppKey("lan_node_id", str)
+HOLDINGS = web.AppKey("lan_holdings", Holdings)
+LEDGER = web.AppKey("lan_ledger", PeerLedger)
+_ROOT = web.AppKey("lan_root", Path)
+_IN_FLIGHT = web.AppKey("lan_in_flight", list)
+
+# libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
+REPO_INDEX_PREFIX = "0/"
+
+
+@web.middleware
+async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 503 past max_connections requests in flight, rather than queueing without bound."""
+    app = request.app
+    counter: list[int] = app[_IN_FLIGHT]
+    limits = app[LIMITS]
+    if counter[0] >= limits.max_connections:
+        response = web.Response(
+            status=503, text="busy, retry later\n", headers={"Retry-After": str(limits.retry_after)}
+        )
+        # Close it: an idle keep-alive connection from a peer we turned away only holds a socket.
+        response.force_close()
+        return response
+    counter[0] += 1
+    try:
+        app[LEDGER].count_request(peer_of(request))
+        return await handler(request)
+    finally:
+        counter[0] -= 1
+
+
+async def _archive(request: web.Request) -> web.StreamResponse:
+    path = request.match_info["path"]
+    if path.startswith(REPO_INDEX_PREFIX):
+        path = path[len(REPO_INDEX_PREFIX) :]
+    file = archive_file(path)
+    if file is None:
+        raise web.HTTPNotFound()
+    return await send_file(request, request.app[_ROOT], file, request.app[LEDGER])
+
+
+async def _info(request: web.Request) -> web.StreamResponse:
+    snapshot = await request.app[HOLDINGS].snapshot()
+    return web.Response(
+        body=snapshot.body, content_type="application/json", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _objects(request: web.Request) -> web.StreamResponse:
+    names = await read_batch_request(request, request.app[LIMITS])
+    return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
+
+
+def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Application:
+    """The read-only LAN application serving ``repo``; run it with ``limits.runner_kwargs()``."""
+    app = web.Application(middlewares=[_gate], client_max_size=limits.max_request_bytes)
+    app[REPO] = repo
+    app[LIMITS] = limits
+    app[NODE_ID] = node_id
+    app[HOLDINGS] = Holdings(repo, node_id)
+    app[LEDGER] = PeerLedger(limits)
+    # Resolved once: the repository may be reached through a symlink, nothing below it may.
+    app[_ROOT] = Path(os.path.realpath(repo.path))
+    app[_IN_FLIGHT] = [0]
+    app.router.add_get(f"{wire.API_PREFIX}/info", _info)
+    app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
+    app.router.add_get("/{path:.*}", _archive)
+    return app
