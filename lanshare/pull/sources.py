@@ -1,0 +1,432 @@
+"""Where a pull gets objects: plain OSTree archive remotes and lanshare peers.
+
+An *archive* source is any HTTP server with the archive layout (nginx, a CDN, ``python -m
+http.server``, a lanshare LAN listener): refs come from ``summary`` or ``refs/heads/<ref>``,
+objects from ``objects/XX/YYYY….ext``, one request each.  A *peer* is a lanshare daemon: it says
+what it holds at ``/lanshare/v1/info`` and sends many objects per ``POST /lanshare/v1/objects``
+(:mod:`lanshare.wire`); objects it marks TOO_LARGE come from its archive layout.
+
+Sources never write to the repository: they hand every object to a *sink* that verifies it
+before it becomes visible.  A source that fails in a way that says it cannot be trusted or is
+not working (bad data, a protocol error, a transport error, a timeout) is *abandoned* for the rest
+of the pull; "not found" only moves that one object on to the next source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from lanshare import wire
+from lanshare.config import Config
+from lanshare.errors import CorruptObject, UsageError
+from lanshare.ostree.objects import ObjectType, is_checksum
+from lanshare.ostree.summary import parse_summary
+from lanshare.pull.errors import SourceFailure
+from lanshare.pull.http import (
+    MAX_SMALL_DOCUMENT,
+    ObjectBuffer,
+    Timeouts,
+    check_status,
+    fetch_small,
+    read_body,
+    request,
+)
+from lanshare.wire import ObjectName
+
+SourceKind = Literal["peer", "archive"]
+# Verifies and stores one object from a source, returning its size; raises CorruptObject.
+Sink = Callable[["Source", ObjectName, "bytes | BinaryIO"], Awaitable[int]]
+# Called once when a source is abandoned, with the reason and whether it served bad data.
+AbandonHook = Callable[["Source", str, bool], None]
+
+# Batch sizes for peers: enough objects to amortise a round trip, few enough to spread the work.
+_MIN_BATCH, _MAX_BATCH = 16, wire.MAX_BATCH_OBJECTS
+_INFO_LIMIT = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source before it is contacted: its URL, its kind if known, and its name in reports."""
+
+    url: str
+    kind: SourceKind | None = None  # None: ask /lanshare/v1/info, an archive if nobody answers
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name used in messages and in the ``--json`` summary."""
+        return self.name or self.url
+
+
+class PeerProvider(Protocol):
+    """Feeds peers into a pull: static URLs today, the mDNS-fed peer table later."""
+
+    def peer_specs(self) -> Sequence[SourceSpec]:
+        """The peers to try, best first."""
+        ...
+
+
+@dataclass(frozen=True)
+class StaticPeers:
+    """Peers listed in ``[sharing] peers``."""
+
+    urls: tuple[str, ...]
+
+    def peer_specs(self) -> Sequence[SourceSpec]:
+        """Each configured URL, as a peer."""
+        return [SourceSpec(url, "peer") for url in self.urls]
+
+
+PlanEntry = SourceSpec | PeerProvider
+
+
+def expand_plan(plan: Iterable[PlanEntry]) -> list[SourceSpec]:
+    """The plan's sources in order, providers expanded, each URL once."""
+    seen: set[str] = set()
+    specs: list[SourceSpec] = []
+    for entry in plan:
+        for spec in entry.peer_specs() if not isinstance(entry, SourceSpec) else [entry]:
+            url = base_url(spec.url)
+            if url not in seen:
+                seen.add(url)
+                specs.append(SourceSpec(url, spec.kind, spec.name))
+    return specs
+
+
+def plan_from_config(config: Config, from_urls: Sequence[str] = ()) -> list[PlanEntry]:
+    """The sources of a pull: ``--from`` URLs if any, else ``[pull] order`` over peers and origin."""
+    if from_urls:
+        for url in from_urls:
+            try:
+                base_url(url)
+            except ValueError as e:
+                raise UsageError(f"--from: {e}") from None
+        return [SourceSpec(url) for url in from_urls]
+    plan: list[PlanEntry] = []
+    for kind in config.pull.order:
+        if kind == "lan":
+            plan.append(StaticPeers(config.sharing.peers))
+        elif config.origin.url is not None:
+            plan.append(SourceSpec(config.origin.url, "archive", "origin"))
+    return plan
+
+
+def base_url(url: str) -> str:
+    """``url`` checked to be http(s) and ending with a slash, so object paths join under it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return url if url.endswith("/") else url + "/"
+
+
+def object_path(name: ObjectName) -> str:
+    """The object's path in the archive layout."""
+    return f"objects/{name.checksum[:2]}/{name.checksum[2:]}.{name.kind.value}"
+
+
+class Source:
+    """An OSTree archive remote over HTTP; the base of every source."""
+
+    kind: SourceKind = "archive"
+
+    def __init__(
+        self, session: aiohttp.ClientSession, spec: SourceSpec, timeouts: Timeouts, tmp_dir: Path
+    ) -> None:
+        self.session = session
+        self.url = base_url(spec.url)
+        self.name = spec.label
+        self.timeouts = timeouts
+        self.tmp_dir = tmp_dir
+        self.node_id: str | None = None
+        self.failure: str | None = None
+        self.on_abandon: AbandonHook | None = None
+        self._summary_refs: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+    @property
+    def usable(self) -> bool:
+        """False once the source has been abandoned in this pull."""
+        return self.failure is None
+
+    def abandon(self, reason: str, *, bad_data: bool = False) -> None:
+        """Stop using this source for the rest of the pull (the first reason is kept)."""
+        if self.failure is None:
+            self.failure = reason
+            if self.on_abandon is not None:
+                self.on_abandon(self, reason, bad_data)
+
+    def _fail(self, failure: SourceFailure) -> str:
+        self.abandon(failure.reason, bad_data=failure.bad_data)
+        return failure.reason
+
+    # -- refs ------------------------------------------------------------------------------
+
+    async def resolve_ref(self, ref: str) -> str | None:
+        """The commit this source says ``ref`` points to, or None; raises SourceFailure."""
+        refs = await self._load_summary()
+        if ref in refs:
+            return refs[ref]
+        data = await fetch_small(self.session, urljoin(self.url, f"refs/heads/{ref}"), self.timeouts, 1024)
+        if data is None:
+            return None
+        text = data.decode("ascii", "replace").strip()
+        if not is_checksum(text):
+            raise SourceFailure(f"refs/heads/{ref} does not hold a commit checksum", bad_data=True)
+        return text
+
+    async def _load_summary(self) -> dict[str, str]:
+        # The summary is optional (a plain `ostree commit` repo has none) and only a hint: the
+        # commit it names is verified like any other, so a broken summary is just ignored.
+        if self._summary_refs is None:
+            self._summary_refs = {}
+            try:
+                data = await fetch_small(self.session, urljoin(self.url, "summary"), self.timeouts)
+                if data is not None:
+                    self._summary_refs = {r.name: r.checksum for r in parse_summary(data).refs}
+            except (SourceFailure, CorruptObject):
+                pass
+        return self._summary_refs
+
+    # -- objects ---------------------------------------------------------------------------
+
+    async def get_small(self, name: ObjectName) -> bytes | None:
+        """A commit or commitmeta object's bytes, unverified, or None when absent."""
+        try:
+            return await fetch_small(self.session, urljoin(self.url, object_path(name)), self.timeouts)
+        except SourceFailure as e:
+            self._fail(e)
+            raise
+
+    async def download(self, name: ObjectName) -> ObjectBuffer | None:
+        """GET one object from the archive layout into a bounded buffer; None when absent."""
+        buffer = ObjectBuffer(str(name), self.tmp_dir, filez=name.kind is ObjectType.FILE)
+        try:
+            async with request(self.session, "GET", urljoin(self.url, object_path(name)), self.timeouts) as r:
+                if not check_status(r):
+                    buffer.close()
+                    return None
+                await read_body(r, self.timeouts, buffer.write_async)
+        except BaseException:
+            buffer.close()
+            raise
+        return buffer
+
+    async def fetch(self, names: Sequence[ObjectName], sink: Sink, parallel: int) -> dict[ObjectName, str]:
+        """Store what this source can of ``names`` through ``sink``; returns the rest with reasons."""
+        missing: dict[ObjectName, str] = {}
+        queue = iter(names)
+
+        async def worker() -> None:
+            for name in queue:
+                reason = await self._fetch_one(name, sink)
+                if reason is not None:
+                    missing[name] = reason
+
+        await run_workers(min(parallel, len(names)), worker)
+        return missing
+
+    async def _fetch_one(self, name: ObjectName, sink: Sink) -> str | None:
+        """Fetch and store one object from the archive layout; the reason it failed, or None."""
+        if self.failure is not None:
+            return f"abandoned earlier: {self.failure}"
+        try:
+            buffer = await self.download(name)
+        except SourceFailure as e:
+            return self._fail(e)
+        except CorruptObject as e:
+            return self._fail(SourceFailure(f"served a corrupt object: {e}", bad_data=True))
+        if buffer is None:
+            return "not found"
+        try:
+            await sink(self, name, buffer.stream())
+        except CorruptObject as e:
+            return self._fail(SourceFailure(f"served a corrupt object: {e}", bad_data=True))
+        finally:
+            buffer.close()
+        return None
+
+
+class PeerSource(Source):
+    """A lanshare daemon: batch fetch over :mod:`lanshare.wire`, archive layout for big objects."""
+
+    kind: SourceKind = "peer"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        spec: SourceSpec,
+        timeouts: Timeouts,
+        tmp_dir: Path,
+        info: dict[str, object],
+    ) -> None:
+        super().__init__(session, spec, timeouts, tmp_dir)
+        node_id = info.get("node_id")
+        self.node_id = node_id if isinstance(node_id, str) and node_id else None
+        collection_id = info.get("collection_id")
+        self.collection_id = collection_id if isinstance(collection_id, str) else None
+        self.refs = _info_refs(info)
+        if spec.name is None and self.node_id:
+            self.name = f"{self.node_id} ({self.url})"
+
+    async def resolve_ref(self, ref: str) -> str | None:
+        """The ref as /lanshare/v1/info reported it, else as the peer's archive layout has it."""
+        if ref in self.refs:
+            return self.refs[ref]
+        return await super().resolve_ref(ref)
+
+    async def fetch(self, names: Sequence[ObjectName], sink: Sink, parallel: int) -> dict[ObjectName, str]:
+        """Fetch in batches, ``parallel`` requests at a time."""
+        size = max(_MIN_BATCH, min(_MAX_BATCH, -(-len(names) // parallel)))
+        batches = iter([names[i : i + size] for i in range(0, len(names), size)])
+        missing: dict[ObjectName, str] = {}
+
+        async def worker() -> None:
+            for batch in batches:
+                missing.update(await self._fetch_batch(batch, sink))
+
+        await run_workers(min(parallel, len(names)), worker)
+        return missing
+
+    async def _fetch_batch(self, batch: Sequence[ObjectName], sink: Sink) -> dict[ObjectName, str]:
+        if self.failure is not None:
+            return dict.fromkeys(batch, f"abandoned earlier: {self.failure}")
+        outcome: dict[ObjectName, str | None] = {}  # None: stored
+        too_large: list[ObjectName] = []
+        decoder = wire.BatchDecoder(list(batch))
+
+        async def on_chunk(chunk: bytes) -> None:
+            # Records are verified and stored as they arrive: memory stays at one record.
+            for name, data, status in decoder.feed(chunk):
+                if status == wire.TOO_LARGE:
+                    too_large.append(name)
+                elif data is None:
+                    outcome[name] = "not held by this peer"
+                else:
+                    try:
+                        await sink(self, name, data)
+                    except CorruptObject as e:
+                        raise SourceFailure(f"served a corrupt object: {e}", bad_data=True) from None
+                    outcome[name] = None
+
+        url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
+        try:
+            body = {"objects": [str(n) for n in batch]}
+            async with request(self.session, "POST", url, self.timeouts, json=body) as response:
+                if response.status != 200:
+                    raise SourceFailure(f"batch request: HTTP {response.status} {response.reason or ''}")
+                await read_body(response, self.timeouts, on_chunk)
+            decoder.finish()
+        except wire.WireError as e:
+            self._fail(SourceFailure(f"broke the batch protocol: {e}", bad_data=True))
+        except SourceFailure as e:
+            self._fail(e)
+        for name in too_large:
+            outcome[name] = await self._fetch_one(name, sink)
+        missing: dict[ObjectName, str] = {}
+        for name in batch:
+            if name not in outcome:
+                missing[name] = f"abandoned: {self.failure}"
+            elif (reason := outcome[name]) is not None:
+                missing[name] = reason
+        return missing
+
+
+async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None:
+    """Run ``count`` copies of ``worker``; the first error cancels the others and is raised as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(count):
+                group.create_task(worker())  # type: ignore[arg-type]
+    except BaseExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+
+
+def _info_refs(info: dict[str, object]) -> dict[str, str]:
+    """Refs from an info document: ``{"refs": {ref: commit}}`` or a list of ``{ref, commit}``."""
+    raw = info.get("refs")
+    pairs: Iterator[tuple[object, object]]
+    if isinstance(raw, dict):
+        pairs = iter(raw.items())
+    elif isinstance(raw, list):
+        pairs = (
+            (item.get("ref", item.get("name")), item.get("commit", item.get("checksum")))
+            for item in raw
+            if isinstance(item, dict)
+        )
+    else:
+        return {}
+    return {r: c for r, c in pairs if isinstance(r, str) and isinstance(c, str) and is_checksum(c)}
+
+
+async def probe_info(session: aiohttp.ClientSession, url: str, timeouts: Timeouts) -> dict[str, object]:
+    """GET ``/lanshare/v1/info``: the peer's info document, or SourceFailure if it is not a peer."""
+    info_url = urljoin(base_url(url), wire.API_PREFIX.lstrip("/") + "/info")
+    data = await fetch_small(session, info_url, timeouts, _INFO_LIMIT)
+    if data is None:
+        raise SourceFailure("no /lanshare/v1/info (not a lanshare peer)")
+    try:
+        info = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SourceFailure("/lanshare/v1/info is not JSON") from None
+    if not isinstance(info, dict):
+        raise SourceFailure("/lanshare/v1/info is not a JSON object")
+    return info
+
+
+async def open_source(
+    session: aiohttp.ClientSession, spec: SourceSpec, timeouts: Timeouts, tmp_dir: Path
+) -> Source:
+    """Make a source from its spec, asking an unknown URL whether it is a lanshare peer."""
+    if spec.kind == "archive":
+        return Source(session, spec, timeouts, tmp_dir)
+    # An unknown URL gets a short probe, so a plain web server is not kept waiting on.
+    probe_timeouts = timeouts if spec.kind == "peer" else _probe_timeouts(timeouts)
+    try:
+        info = await probe_info(session, spec.url, probe_timeouts)
+    except SourceFailure as e:
+        source = Source(session, spec, timeouts, tmp_dir)
+        if spec.kind == "peer":
+            source.kind = "peer"
+            source.failure = f"unreachable: {e.reason}"
+        return source
+    return PeerSource(session, spec, timeouts, tmp_dir, info)
+
+
+def _probe_timeouts(timeouts: Timeouts) -> Timeouts:
+    return Timeouts(
+        connect=min(timeouts.connect, 5.0),
+        read=min(timeouts.read, 5.0),
+        low_speed_limit=timeouts.low_speed_limit,
+        low_speed_time=min(timeouts.low_speed_time, 5.0),
+    )
+
+
+async def open_sources(
+    session: aiohttp.ClientSession, specs: Sequence[SourceSpec], timeouts: Timeouts, tmp_dir: Path
+) -> list[Source]:
+    """Open every source concurrently, keeping their order."""
+    return list(await asyncio.gather(*(open_source(session, s, timeouts, tmp_dir) for s in specs)))
+
+
+__all__ = [
+    "MAX_SMALL_DOCUMENT",
+    "PeerProvider",
+    "PeerSource",
+    "PlanEntry",
+    "Sink",
+    "Source",
+    "SourceSpec",
+    "StaticPeers",
+    "expand_plan",
+    "open_sources",
+]
