@@ -84,16 +84,22 @@ class BatchEncoder:
         return b"".join(out)
 
 
+def _closing(error: web.HTTPException) -> web.HTTPException:
+    # The rest of the body was never read: the connection cannot carry another request.
+    error.force_close()
+    return error
+
+
 async def read_batch_request(request: web.Request, limits: LanLimits) -> list[wire.ObjectName]:
     """Read and validate the JSON body; raises the HTTP error a bad request deserves."""
     if request.content_length is not None and request.content_length > limits.max_request_bytes:
-        raise web.HTTPRequestEntityTooLarge(limits.max_request_bytes, request.content_length)
+        raise _closing(web.HTTPRequestEntityTooLarge(limits.max_request_bytes, request.content_length))
     try:
         async with asyncio.timeout(limits.body_timeout):
             # The application's client_max_size turns an oversized chunked body into a 413 here.
             raw = await request.read()
     except TimeoutError:
-        raise web.HTTPRequestTimeout(text="request body too slow") from None
+        raise _closing(web.HTTPRequestTimeout(text="request body too slow")) from None
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

@@ -68,6 +68,21 @@ def _held_commits(repo: Repo, roots: list[str]) -> dict[str, CommitInfo]:
     return held
 
 
+def _generations(held: dict[str, CommitInfo]) -> dict[str, int]:
+    """How many held ancestors each commit has (a parent always ranks below its child)."""
+    generation: dict[str, int] = {}
+    for checksum in held:
+        chain = []
+        current: str | None = checksum
+        while current is not None and current in held and current not in generation:
+            chain.append(current)
+            current = held[current].parent
+        base = generation.get(current, -1) if current is not None else -1
+        for offset, commit in enumerate(reversed(chain), start=1):
+            generation[commit] = base + offset
+    return generation
+
+
 def compute_info(repo: Repo, node_id: str) -> dict[str, Any]:
     """The info document (blocking: reads refs and commit objects)."""
     heads = repo.list_refs()
@@ -78,8 +93,11 @@ def compute_info(repo: Repo, node_id: str) -> dict[str, Any]:
         if not name.startswith(PRIVATE_REF_PREFIX):
             mirrors.setdefault(collection_id, {})[name] = commit
     held = _held_commits(repo, [*heads.values(), *mirror_refs.values()])
+    generation = _generations(held)
+    # Oldest first; commits made within one second are ordered by their place in the history.
     checkpoints = sorted(
-        (i for i in held.values() if i.is_checkpoint), key=lambda i: (i.timestamp, i.checksum)
+        (i for i in held.values() if i.is_checkpoint),
+        key=lambda i: (i.timestamp, generation[i.checksum], i.checksum),
     )
     return {
         "protocol": wire.VERSION,

@@ -48,9 +48,12 @@ class LanLimits:
     def runner_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the ``web.AppRunner`` (or test server) of the listener."""
         # No access log: a pull fetches thousands of objects, one line each would flood the journal.
+        # A short lingering close: after an early error answer, a peer still sending its body gets
+        # 2 s (not aiohttp's 10) before the connection goes.
         return {
             "keepalive_timeout": self.keepalive_timeout,
             "shutdown_timeout": self.shutdown_timeout,
+            "lingering_time": 2.0,
             "access_log": None,
         }
 
