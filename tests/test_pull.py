@@ -26,6 +26,8 @@ from lanshare.index.models import Lease, Peer, Transfer, TransferState
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.pull import PullError, PullOptions, PullResult, SourceSpec, Timeouts, TrustPolicy, pull
+from lanshare.server.lan import create_lan_app
+from lanshare.server.limits import LanLimits
 from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
 from tests.gpg_fixtures import GpgKeys
@@ -303,8 +305,18 @@ def test_pull_from_a_lanshare_peer_in_batches(client: Client, published: Publish
 
 
 def test_pull_from_the_real_lan_server(client: Client, published: Published) -> None:
-    lan = pytest.importorskip("lanshare.server.lan", reason="the LAN server is not in this tree yet")
-    del lan  # its create_lan_app signature is wired in once it lands
+    app = create_lan_app(Repo.open(published.repo), LanLimits(), "publisher-node")
+    with hs.ServerThread(app) as server:
+        result = client.pull(server.url)
+    assert result.commit == published.v2
+    assert result.sources[f"publisher-node ({server.url})"].objects == result.objects_fetched > 60
+    client.assert_clean(published.v2)
+    assert "no errors found" in ostree("fsck", f"--repo={client.repo.path}").stdout
+
+
+def test_pull_without_any_source_is_a_usage_error(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    assert lanshare("pull", "os/stable", "--config", client.config) == 2
+    assert "nothing to pull from" in capsys.readouterr().err
 
 
 # --- hostile sources --------------------------------------------------------------------------------
@@ -396,6 +408,7 @@ def test_a_commit_bound_to_another_collection_is_rejected(
     ids=["extra-objects", "corrupt-record"],
 )
 def test_a_peer_that_serves_bad_data_is_demoted_in_the_index(
+    tmp_path: Path,
     client: Client,
     published: Published,
     nginx: Callable[[Path], str],
@@ -409,12 +422,17 @@ def test_a_peer_that_serves_bad_data_is_demoted_in_the_index(
     )
     with peer.serve() as server:
         result = client.pull(server.url, honest)
-    assert result.commit == published.v2 and reason in result.abandoned[f"bad-peer ({server.url})"]
-    client.assert_clean(published.v2)
-    with Session(client.index) as session:
-        row = session.get(Peer, "bad-peer")
-        assert row is not None and not row.healthy and row.failures == 1
-        assert row.backoff_until is not None and row.backoff_until.timestamp() > time.time()
+        assert result.commit == published.v2 and reason in result.abandoned[f"bad-peer ({server.url})"]
+        client.assert_clean(published.v2)
+        with Session(client.index) as session:
+            row = session.get(Peer, "bad-peer")
+            assert row is not None and not row.healthy and row.failures == 1
+            assert row.backoff_until is not None and row.backoff_until.timestamp() > time.time()
+        # While it backs off, the next pull tries it last: the honest source serves everything.
+        peer.batches.clear()
+        other = Client(Repo.init(tmp_path / "second"), client.index, client.config, client.keyring)
+        again = other.pull(server.url, honest)
+    assert again.commit == published.v2 and list(again.sources) == [honest] and peer.batches == []
 
 
 def test_when_every_source_fails_the_error_names_the_object_and_each_reason(

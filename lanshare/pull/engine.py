@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 import aiohttp
+from sqlalchemy import Engine
 
 from lanshare.errors import CorruptObject, MissingObject
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
@@ -111,7 +112,7 @@ async def pull(
     *,
     ref: str | None = None,
     options: PullOptions | None = None,
-    index: Any = None,
+    index: Engine | None = None,
     progress: ProgressCallback | None = None,
 ) -> PullResult:
     """Pull ``target`` (a ref, or a commit checksum with an optional ``ref`` to move) into ``repo``.

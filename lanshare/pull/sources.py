@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -341,12 +341,12 @@ class PeerSource(Source):
         return missing
 
 
-async def run_workers(count: int, worker: Callable[[], Awaitable[None]]) -> None:
+async def run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``count`` copies of ``worker``; the first error cancels the others and is raised as is."""
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(count):
-                group.create_task(worker())  # type: ignore[arg-type]
+                group.create_task(worker())
     except BaseExceptionGroup as errors:
         raise errors.exceptions[0] from None
 

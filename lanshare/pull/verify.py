@@ -60,11 +60,15 @@ def parse_commit(checksum: str, data: bytes) -> Commit:
 
 
 def check_signatures(checksum: str, data: bytes, commitmeta: bytes | None, policy: TrustPolicy) -> str | None:
-    """The signing key's id, None when unsigned commits are allowed; CommitRejected otherwise."""
+    """The signing key's id, None when unsigned commits are allowed; CommitRejected otherwise.
+
+    A malformed ``.commitmeta`` is a CorruptObject: the source that sent it sent bad data.
+    """
+    # Parsed even when signatures are not required: a malformed one must not be stored.
+    metadata = parse_metadata(commitmeta, f"{checksum}.commitmeta") if commitmeta is not None else None
     if not policy.require_signatures:
         return None
     try:
-        metadata = parse_metadata(commitmeta, f"{checksum}.commitmeta") if commitmeta is not None else None
         verified = signing.verify_commit_signatures(
             data,
             metadata,
@@ -72,7 +76,7 @@ def check_signatures(checksum: str, data: bytes, commitmeta: bytes | None, polic
             ed25519_keys=policy.ed25519_keys,
             checksum=checksum,
         )
-    except (SignatureError, CorruptObject) as e:
+    except SignatureError as e:
         raise CommitRejected(str(e), intrinsic=False) from None
     return verified.key_id
 
