@@ -223,6 +223,21 @@ async def slow_drip(
     return response
 
 
+def busy_once() -> Behaviour:
+    """Answer each content object's first request with 503 Retry-After: 0 (a busy, honest server)."""
+    seen: set[str] = set()
+
+    async def behaviour(
+        server: ArchiveServer, request: web.Request, path: str, data: bytes
+    ) -> web.StreamResponse | None:
+        if not _is_filez(path) or path in seen:
+            return None
+        seen.add(path)
+        return web.Response(status=503, headers={"Retry-After": "0"})
+
+    return behaviour
+
+
 # --- a fake lanshare peer ---------------------------------------------------------------------------
 
 

@@ -314,6 +314,16 @@ def test_pull_from_the_real_lan_server(client: Client, published: Published) -> 
     assert "no errors found" in ostree("fsck", f"--repo={client.repo.path}").stdout
 
 
+def test_a_busy_server_is_retried_not_abandoned(client: Client, published: Published) -> None:
+    busy = hs.ArchiveServer(published.repo, behaviour=hs.busy_once())
+    with busy.serve() as server:
+        result = client.pull(server.url)
+    assert result.commit == published.v2 and result.abandoned == {}
+    filez = [p for p in busy.requests if p.endswith(".filez")]
+    assert len(filez) == 2 * len(set(filez)) > 60
+    client.assert_clean(published.v2)
+
+
 def test_pull_without_any_source_is_a_usage_error(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
     assert lanshare("pull", "os/stable", "--config", client.config) == 2
     assert "nothing to pull from" in capsys.readouterr().err

@@ -12,10 +12,9 @@ from tqdm import tqdm
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
-from lanshare.errors import UsageError
 from lanshare.pull import ProgressUpdate, PullError, PullOptions, PullResult, TrustPolicy, pull
 from lanshare.pull.engine import ProgressCallback
-from lanshare.pull.sources import expand_plan, plan_from_config
+from lanshare.pull.sources import plan_from_config
 from lanshare.units import format_size
 
 
@@ -65,10 +64,6 @@ def run_pull(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
     config = ctx.config
     plan = plan_from_config(config, args.sources)
-    if not expand_plan(plan):
-        raise UsageError(
-            "nothing to pull from: set origin.url or sharing.peers in the configuration, or pass --from URL"
-        )
     repo = ctx.repo
     # A bare --repo with no config file has no state directory to keep an index in.
     index = ctx.index if config.files or args.repo is None else None

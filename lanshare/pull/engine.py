@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Literal
 import aiohttp
 from sqlalchemy import Engine
 
-from lanshare.errors import CorruptObject, MissingObject
+from lanshare.errors import CorruptObject, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, PullError, SourceFailure
@@ -150,13 +150,16 @@ class _Pull:
         if not is_checksum(target):
             validate_ref(target)
             if ref is not None and ref != target:
-                raise PullError(f"--ref {ref} does not match the ref being pulled ({target})")
+                raise UsageError(f"--ref {ref} does not match the ref being pulled ({target})")
             ref = target
         elif ref is not None:
             validate_ref(ref)
         specs = expand_plan(plan)
         if not specs:
-            raise PullError("nothing to pull from: set origin.url or sharing.peers, or pass --from URL")
+            raise UsageError(
+                "nothing to pull from: set origin.url or sharing.peers in the configuration, "
+                "or pass --from URL"
+            )
         timeouts = self.options.timeouts
         parallel = self.options.parallel
         connector = aiohttp.TCPConnector(limit=parallel * 2, limit_per_host=parallel)
@@ -303,12 +306,7 @@ class _Pull:
     def _read_local(self, checksum: str) -> tuple[bytes, bytes | None] | None:
         if not self.repo.has_object(checksum, ObjectType.COMMIT):
             return None
-        data = self.repo.read_metadata_bytes(checksum, ObjectType.COMMIT)
-        try:
-            meta = self.repo.read_metadata_bytes(checksum, ObjectType.COMMIT_META)
-        except MissingObject:
-            meta = None
-        return data, meta
+        return self.repo.read_metadata_bytes(checksum, ObjectType.COMMIT), self._local_commitmeta(checksum)
 
     # -- the transaction -------------------------------------------------------------------
 

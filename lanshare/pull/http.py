@@ -149,17 +149,51 @@ class ObjectBuffer:
         self._file.close()
 
 
+# A busy server (503, 429) or a keep-alive connection the server closed just as we reused it
+# is not a broken source: retry a couple of times before giving up on it.
+RETRIES = 2
+_BUSY = (429, 503)
+_MAX_RETRY_WAIT = 5.0
+
+
+async def _send(
+    session: aiohttp.ClientSession, method: str, url: str, timeouts: Timeouts, kwargs: dict[str, Any]
+) -> aiohttp.ClientResponse:
+    for attempt in range(RETRIES + 1):
+        last = attempt == RETRIES
+        try:
+            # Bounds the wait for the status line and headers, which could otherwise be dripped.
+            async with asyncio.timeout(timeouts.read):
+                response = await session.request(method, url, **kwargs)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:  # timeouts excluded
+            if last:
+                raise transport_failure(e) from None
+            await asyncio.sleep(0.1 * 2**attempt)
+            continue
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise transport_failure(e) from None
+        if response.status not in _BUSY or last:
+            return response
+        wait = _retry_after(response.headers.get("Retry-After"))
+        response.close()
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait from a Retry-After header (seconds form only), capped."""
+    try:
+        return min(max(float(value or 1), 0.0), _MAX_RETRY_WAIT)
+    except ValueError:
+        return 1.0
+
+
 @asynccontextmanager
 async def request(
     session: aiohttp.ClientSession, method: str, url: str, timeouts: Timeouts, **kwargs: Any
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send a request; every network problem while it is open surfaces as SourceFailure."""
-    try:
-        # Bounds the wait for the status line and headers, which could otherwise be dripped.
-        async with asyncio.timeout(timeouts.read):
-            response = await session.request(method, url, **kwargs)
-    except (aiohttp.ClientError, TimeoutError, OSError) as e:
-        raise transport_failure(e) from None
+    response = await _send(session, method, url, timeouts, kwargs)
     try:
         yield response
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
