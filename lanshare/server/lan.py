@@ -6,7 +6,6 @@ API endpoints, so nothing an admin can do is reachable from the LAN.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -20,15 +19,21 @@ from lanshare.server.batch import read_batch_request, send_batch
 from lanshare.server.holdings import Holdings
 from lanshare.server.limits import LanLimits, PeerLedger, peer_of
 
-log = logging.getLogger(__name__)
-
 REPO = web.AppKey("lan_repo", Repo)
 LIMITS = web.AppKey("lan_limits", LanLimits)
 NODE_ID = web.AppKey("lan_node_id", str)
 HOLDINGS = web.AppKey("lan_holdings", Holdings)
 LEDGER = web.AppKey("lan_ledger", PeerLedger)
 _ROOT = web.AppKey("lan_root", Path)
-_IN_FLIGHT = web.AppKey("lan_in_flight", list)
+
+
+class _InFlight:
+    """Requests being handled right now (the event loop is the only writer)."""
+
+    count = 0
+
+
+_IN_FLIGHT = web.AppKey("lan_in_flight", _InFlight)
 
 # libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
 REPO_INDEX_PREFIX = "0/"
@@ -38,21 +43,21 @@ REPO_INDEX_PREFIX = "0/"
 async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer 503 past max_connections requests in flight, rather than queueing without bound."""
     app = request.app
-    counter: list[int] = app[_IN_FLIGHT]
+    in_flight = app[_IN_FLIGHT]
     limits = app[LIMITS]
-    if counter[0] >= limits.max_connections:
+    if in_flight.count >= limits.max_connections:
         response = web.Response(
             status=503, text="busy, retry later\n", headers={"Retry-After": str(limits.retry_after)}
         )
         # Close it: an idle keep-alive connection from a peer we turned away only holds a socket.
         response.force_close()
         return response
-    counter[0] += 1
+    in_flight.count += 1
     try:
         app[LEDGER].count_request(peer_of(request))
         return await handler(request)
     finally:
-        counter[0] -= 1
+        in_flight.count -= 1
 
 
 async def _archive(request: web.Request) -> web.StreamResponse:
@@ -87,7 +92,7 @@ def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Applicati
     app[LEDGER] = PeerLedger(limits)
     # Resolved once: the repository may be reached through a symlink, nothing below it may.
     app[_ROOT] = Path(os.path.realpath(repo.path))
-    app[_IN_FLIGHT] = [0]
+    app[_IN_FLIGHT] = _InFlight()
     app.router.add_get(f"{wire.API_PREFIX}/info", _info)
     app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
     app.router.add_get("/{path:.*}", _archive)
