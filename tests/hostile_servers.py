@@ -159,6 +159,15 @@ async def corrupt(
     return await server.send(request, path, bytes(damaged))
 
 
+async def corrupt_commits(
+    server: ArchiveServer, request: web.Request, path: str, data: bytes
+) -> web.StreamResponse | None:
+    """Flip one bit in every commit object."""
+    if not (path.startswith("objects/") and path.endswith(".commit")):
+        return None
+    return await server.send(request, path, data[:-1] + bytes([data[-1] ^ 1]))
+
+
 async def wrong_name(
     server: ArchiveServer, request: web.Request, path: str, data: bytes
 ) -> web.StreamResponse | None:
@@ -252,13 +261,14 @@ class FakePeer:
         extra_record: bool = False,
         corrupt_records: bool = False,
         too_large: frozenset[str] = frozenset(),
+        archive_behaviour: Behaviour | None = None,
     ) -> None:
         self.repo = repo
         self.node_id = node_id
         self.extra_record = extra_record
         self.corrupt_records = corrupt_records
         self.too_large = too_large  # object names answered TOO_LARGE
-        self.archive = ArchiveServer(repo.path)
+        self.archive = ArchiveServer(repo.path, behaviour=archive_behaviour)
         self.batches: list[int] = []  # objects requested per batch
         self.records_sent = 0
 

@@ -445,6 +445,18 @@ def test_a_peer_that_serves_bad_data_is_demoted_in_the_index(
     assert again.commit == published.v2 and list(again.sources) == [honest] and peer.batches == []
 
 
+def test_a_peer_that_serves_a_corrupt_commit_is_demoted_even_when_the_pull_fails(
+    client: Client, published: Published
+) -> None:
+    peer = hs.FakePeer(Repo.open(published.repo), node_id="liar", archive_behaviour=hs.corrupt_commits)
+    with peer.serve() as server, pytest.raises(PullError, match=r"\.commit: checksum mismatch"):
+        client.pull(server.url)
+    assert not client.repo.has_object(published.v2, ObjectType.COMMIT)
+    with Session(client.index) as session:
+        row = session.get(Peer, "liar")
+        assert row is not None and not row.healthy and row.failures == 1
+
+
 def test_when_every_source_fails_the_error_names_the_object_and_each_reason(
     client: Client, published: Published
 ) -> None:

@@ -164,16 +164,20 @@ class _Pull:
         parallel = self.options.parallel
         connector = aiohttp.TCPConnector(limit=parallel * 2, limit_per_host=parallel)
         async with aiohttp.ClientSession(timeout=timeouts.client_timeout(), connector=connector) as session:
-            self.sources = await open_sources(session, specs, timeouts, self.repo.tmp_dir)
-            await self._prepare_sources()
-            head = self.repo.read_ref(ref) if ref is not None else None
-            chosen = await self._choose(target, ref, head)
-            up_to_date = await asyncio.to_thread(self._is_complete, chosen.checksum) and (
-                ref is None or head == chosen.checksum
-            )
-            if not up_to_date:
-                await self._transaction(chosen, ref)
-            await self._credit_peers(time.monotonic() - started)
+            try:
+                self.sources = await open_sources(session, specs, timeouts, self.repo.tmp_dir)
+                await self._prepare_sources()
+                head = self.repo.read_ref(ref) if ref is not None else None
+                chosen = await self._choose(target, ref, head)
+                up_to_date = await asyncio.to_thread(self._is_complete, chosen.checksum) and (
+                    ref is None or head == chosen.checksum
+                )
+                if not up_to_date:
+                    await self._transaction(chosen, ref)
+                await self._credit_peers(time.monotonic() - started)
+            finally:
+                # Demotions are recorded even when the pull fails before it stores anything.
+                await self.recorder.drain()
         return PullResult(
             commit=chosen.checksum,
             ref=ref,

@@ -114,10 +114,14 @@ class Recorder:
                 transfer.objects_done, transfer.objects_total = objects_done, objects_total
                 transfer.bytes_done = bytes_done
 
-    async def finish(self, source: str, error: str | None) -> None:
-        """Close the transfer row (done or failed) and release the lease."""
+    async def drain(self) -> None:
+        """Wait for the peer updates still being written."""
         if self._pending:
             await asyncio.gather(*self._pending)
+
+    async def finish(self, source: str, error: str | None) -> None:
+        """Close the transfer row (done or failed) and release the lease."""
+        await self.drain()
         if self.engine is not None and self._transfer_id is not None:
             await self._write(self._finish, self.engine, self._transfer_id, self._lease_id, source, error)
 
