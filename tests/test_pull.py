@@ -510,6 +510,6 @@ def test_a_pull_killed_mid_way_resumes_without_downloading_again(
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     again = sum(n for path, n in server.served.items() if path in before)
-    assert written > total * 0.2
+    assert written > total * 0.1
     assert again < written * 0.1, f"re-downloaded {again} bytes of {written} already written"
     client.assert_clean(head)

@@ -31,7 +31,6 @@ from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.summary import parse_summary
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.http import (
-    MAX_SMALL_DOCUMENT,
     ObjectBuffer,
     Timeouts,
     check_status,
@@ -419,7 +418,6 @@ async def open_sources(
 
 
 __all__ = [
-    "MAX_SMALL_DOCUMENT",
     "PeerProvider",
     "PeerSource",
     "PlanEntry",
