@@ -23,7 +23,7 @@ from aiohttp import web
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import RepoError, validate_collection_id, validate_ref
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX
-from lanshare.server.limits import BodyAborted, BodyWriter, PeerLedger, abort
+from lanshare.server.limits import BodyAborted, BodyWriter, PeerLedger, abort, peer_of
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Refs, summary and signatures change in place: caches must ask again, the ETag makes that cheap.
@@ -39,6 +39,7 @@ _DELTA_RE = re.compile(
 _DELTA_INDEX_RE = re.compile(rf"delta-indexes/{_B64}{{2}}/{_B64}{{41}}\.index", re.ASCII)
 _TOP_FILES = frozenset({"config", "summary", "summary.sig"})
 _MAX_PATH = 1024
+SMALL_FILE = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
 
 
@@ -108,13 +109,35 @@ def open_beneath(root: Path, parts: Sequence[str]) -> int:
     return fd
 
 
-def _open_file(root: Path, parts: Sequence[str]) -> tuple[int, os.stat_result] | None:
+@dataclass
+class _Opened:
+    """An open repository file; small ones are read whole in the same worker-thread hop."""
+
+    fd: int
+    stat: os.stat_result
+    data: bytes | None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _open_file(root: Path, parts: Sequence[str]) -> _Opened | None:
     try:
         fd = open_beneath(root, parts)
     except OSError:
         # Missing, a symlink (ELOOP), unreadable: all look the same to a peer.
         return None
-    return fd, os.fstat(fd)
+    try:
+        st = os.fstat(fd)
+        # Most objects are a few KiB: one read here is cheaper than a sendfile round on the loop.
+        data = os.pread(fd, st.st_size, 0) if st.st_size <= SMALL_FILE else None
+    except OSError:
+        os.close(fd)
+        return None
+    if data is not None and len(data) != st.st_size:
+        os.close(fd)
+        return None
+    return _Opened(fd, st, data)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
@@ -159,6 +182,36 @@ def _range_applies(request: web.BaseRequest, etag: str, mtime: int) -> bool:
     return since is not None and mtime <= since.timestamp()
 
 
+def _plan(
+    request: web.BaseRequest, file: ArchiveFile, st: os.stat_result
+) -> tuple[int, int, int, dict[str, str]]:
+    """(status, start, count, headers) of the answer: 200, 206 or 304; raises 416."""
+    size, mtime = st.st_size, int(st.st_mtime)
+    etag = f"{st.st_mtime_ns:x}-{size:x}"
+    headers = {
+        "ETag": f'"{etag}"',
+        "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+        "Cache-Control": file.cache_control,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+    }
+    if _not_modified(request, etag, mtime):
+        del headers["Content-Type"]
+        return 304, 0, 0, headers
+    header = request.headers.get("Range")
+    if header is None or not _range_applies(request, etag, mtime):
+        return 200, 0, size, headers
+    wanted = _parse_range(header, size)
+    if wanted is False:
+        headers["Content-Range"] = f"bytes */{size}"
+        raise web.HTTPRequestRangeNotSatisfiable(headers=headers)
+    if not isinstance(wanted, tuple):
+        return 200, 0, size, headers
+    start, count = wanted
+    headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
+    return 206, start, count, headers
+
+
 async def send_file(
     request: web.BaseRequest, root: Path, file: ArchiveFile, ledger: PeerLedger
 ) -> web.StreamResponse:
@@ -167,49 +220,33 @@ async def send_file(
     opened = await loop.run_in_executor(None, _open_file, root, file.parts)
     if opened is None:
         raise web.HTTPNotFound()
-    fd, st = opened
-    with open(fd, "rb") as f:
-        size, mtime = st.st_size, int(st.st_mtime)
-        etag = f"{st.st_mtime_ns:x}-{size:x}"
-        headers = {
-            "ETag": f'"{etag}"',
-            "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
-            "Cache-Control": file.cache_control,
-            "Accept-Ranges": "bytes",
-        }
-        if _not_modified(request, etag, mtime):
-            response = web.StreamResponse(status=304, headers=headers)
-            await response.prepare(request)
-            return response
-        start, count, status = 0, size, 200
-        header = request.headers.get("Range")
-        if header is not None and _range_applies(request, etag, mtime):
-            wanted = _parse_range(header, size)
-            if wanted is False:
-                headers["Content-Range"] = f"bytes */{size}"
-                raise web.HTTPRequestRangeNotSatisfiable(headers=headers)
-            if isinstance(wanted, tuple):
-                start, count = wanted
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{start + count - 1}/{size}"
+    try:
+        status, start, count, headers = _plan(request, file, opened.stat)
+        if opened.data is not None and status != 304 and request.method != "HEAD":
+            body = opened.data[start : start + count]
+            await ledger.pace(peer_of(request), len(body))
+            # Headers and body leave in one write.
+            return web.Response(status=status, headers=headers, body=body)
         response = web.StreamResponse(status=status, headers=headers)
-        response.content_type = "application/octet-stream"
-        response.content_length = count
+        if status != 304:
+            response.content_length = count
         await response.prepare(request)
-        if request.method == "HEAD" or count == 0:
+        if status == 304 or request.method == "HEAD" or count == 0:
             await response.write_eof()
             return response
         writer = BodyWriter(request, response, ledger)
         try:
             if writer.bucket is None:
-                await writer.sendfile(f, start, count)
+                await writer.sendfile(opened.fd, start, count)
             else:
-                await _stream(writer, f.fileno(), start, count)
+                await _stream(writer, opened.fd, start, count)
         except BodyAborted:
             abort(request)
             return response
         await response.write_eof()
         return response
+    finally:
+        opened.close()
 
 
 async def _stream(writer: BodyWriter, fd: int, start: int, count: int) -> None:

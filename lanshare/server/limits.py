@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
@@ -63,6 +63,10 @@ class LanLimits:
         if self.max_upload_rate is None:
             return 256 * 1024
         return max(1024, min(64 * 1024, self.max_upload_rate // 20))
+
+
+# Bytes per sendfile call: each call gets the stall timeout, so a peer that stops reading is dropped.
+SENDFILE_PIECE = 4 * 1024 * 1024
 
 
 class TokenBucket:
@@ -118,6 +122,13 @@ class PeerLedger:
             found = self._buckets[peer] = TokenBucket(rate, self.limits.chunk_size)
         return found
 
+    async def pace(self, peer: str, count: int) -> None:
+        """Wait for the peer's rate limit to allow ``count`` more bytes, and count them as sent."""
+        bucket = self.bucket(peer)
+        if bucket is not None:
+            await bucket.consume(count)
+        self.count_bytes(peer, count)
+
     def count_request(self, peer: str) -> None:
         """Count one request from ``peer``."""
         self.stats.setdefault(peer, PeerStats()).requests += 1
@@ -161,25 +172,28 @@ class BodyWriter:
                 raise BodyAborted(str(e)) from None
             self.ledger.count_bytes(self.peer, len(piece))
 
-    async def sendfile(self, fileobj: Any, offset: int, count: int) -> None:
+    async def sendfile(self, fd: int, offset: int, count: int) -> None:
         """Send part of an open file with the kernel's sendfile, in pieces bounded by the stall timeout."""
-        loop = asyncio.get_running_loop()
-        piece = 4 * 1024 * 1024
-        end = offset + count
-        while offset < end:
-            transport = self.request.transport
-            if transport is None or transport.is_closing():
-                raise BodyAborted("connection closed")
-            size = min(piece, end - offset)
-            try:
-                async with asyncio.timeout(self.timeout):
-                    sent = await loop.sendfile(transport, fileobj, offset, size)
-            except (TimeoutError, ConnectionError) as e:
-                raise BodyAborted(str(e)) from None
-            self.ledger.count_bytes(self.peer, sent)
-            if sent < size:
-                raise BodyAborted("file ended early")
-            offset += size
+        # loop.sendfile wants a file object; this one leaves the caller's descriptor open.
+        with open(fd, "rb", closefd=False) as fileobj:
+            end = offset + count
+            while offset < end:
+                size = min(SENDFILE_PIECE, end - offset)
+                await self._sendfile_piece(fileobj, offset, size)
+                offset += size
+
+    async def _sendfile_piece(self, fileobj: BinaryIO, offset: int, size: int) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise BodyAborted("connection closed")
+        try:
+            async with asyncio.timeout(self.timeout):
+                sent = await asyncio.get_running_loop().sendfile(transport, fileobj, offset, size)
+        except (TimeoutError, ConnectionError) as e:
+            raise BodyAborted(str(e)) from None
+        self.ledger.count_bytes(self.peer, sent)
+        if sent < size:
+            raise BodyAborted("file ended early")
 
 
 def peer_of(request: web.BaseRequest) -> str:
