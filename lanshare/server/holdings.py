@@ -188,7 +188,7 @@ class Holdings:
                 return self._snapshot
             computed_at = time.monotonic()
             info = await loop.run_in_executor(None, compute_info, self.repo, self.node_id)
-            self._snapshot = HoldingsSnapshot(info, json.dumps(info, indent=1, sort_keys=True).encode())
+            self._snapshot = HoldingsSnapshot(info, _canonical(info))
             # The fingerprint taken before computing: a change made meanwhile triggers another pass.
             self._fingerprint = fingerprint
             self._computed_at = computed_at
