@@ -203,8 +203,7 @@ def _plan(
         return 200, 0, size, headers
     wanted = _parse_range(header, size)
     if wanted is False:
-        headers["Content-Range"] = f"bytes */{size}"
-        raise web.HTTPRequestRangeNotSatisfiable(headers=headers)
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
     if not isinstance(wanted, tuple):
         return 200, 0, size, headers
     start, count = wanted

@@ -2,8 +2,8 @@
 
 Upload rate is a per-peer token bucket (keyed by remote IP and shared by that peer's concurrent
 responses), so a peer cannot multiply its share by opening more connections.  Every body byte the
-listener sends goes through :class:`BodyWriter`, which applies the bucket, a stall timeout and the
-per-peer byte count in one place.
+listener sends is paced and counted by the :class:`PeerLedger`; streamed bodies go through
+:class:`BodyWriter`, which adds a stall timeout.
 """
 
 from __future__ import annotations
