@@ -16,6 +16,7 @@ least 100,000::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -175,8 +176,13 @@ GLIB_CASES: list[tuple[str, str, str, Any, int | None]] = [
     ("y-unit", "(y())", "(1, ())", (1, ()), 2),
     ("unit-s", "(()s)", "((), 'x')", ((), "x"), None),
     ("nested-variants", "v", "<<int32 5>>", Variant("v", Variant("i", 5)), None),
-    ("variant-of-array", "av", "[<'a'>, <@ay []>, <(1, 2)>]", [Variant("s", "a"), Variant("ay", b""),
-                                                               Variant("(ii)", (1, 2))], None),
+    (
+        "variant-of-array",
+        "av",
+        "[<'a'>, <@ay []>, <(1, 2)>]",
+        [Variant("s", "a"), Variant("ay", b""), Variant("(ii)", (1, 2))],
+        None,
+    ),
     ("maybe-nothing", "ms", "nothing", None, 0),
     ("maybe-just", "ms", "just 'x'", "x", 3),
     ("maybe-int", "mi", "just 7", 7, 4),
@@ -267,7 +273,7 @@ def _set_xattr(path: Path, name: str, value: bytes) -> bool:
 
 def read_frame(data: bytes) -> bytes:
     """The archive header inside a ``.filez`` (after its BE u32 length and 4 bytes of padding)."""
-    (length,) = struct.unpack(">I", data[:4])
+    length = int.from_bytes(data[:4], "big")
     return data[8 : 8 + length]
 
 
@@ -345,18 +351,20 @@ def test_big_endian_fields_of_ostree_objects(ostree_objects: OstreeObjects) -> N
     first, second = ostree_objects.commits
     commits = dict(ostree_objects.of_kind("commit"))
     raw = gvariant.decode(COMMIT_TYPE, commits[f"{second}.commit"])
-    metadata, parent, related, subject, body, timestamp, root_tree, root_meta = raw
+    metadata, parent, related, subject, body, timestamp, _, root_meta = raw
     assert swap64(timestamp) == 1_700_000_100
     assert parent == bytes.fromhex(first)
     assert (subject, body, related) == ("second", "body text", [])
     assert metadata["version"] == Variant("s", "1.1")
     assert metadata["ostree.ref-binding"] == Variant("as", ["os/stable"])
     dirmeta = dict(ostree_objects.of_kind("dirmeta"))
-    uid, gid, mode, xattrs = gvariant.decode(DIRMETA_TYPE, dirmeta[f"{root_meta.hex()}.dirmeta"])
+    uid, gid, mode, _ = gvariant.decode(DIRMETA_TYPE, dirmeta[f"{root_meta.hex()}.dirmeta"])
     assert (swap32(uid), swap32(gid)) == (1234, 5678)
     assert uid == 0xD2040000
     assert stat.S_ISDIR(swap32(mode))
-    headers = [gvariant.decode(ARCHIVE_HEADER_TYPE, read_frame(d)) for _, d in ostree_objects.of_kind("filez")]
+    headers = [
+        gvariant.decode(ARCHIVE_HEADER_TYPE, read_frame(d)) for _, d in ostree_objects.of_kind("filez")
+    ]
     sizes = {swap64(h[0]) for h in headers}
     assert 300_000 in sizes and 0 in sizes  # usr/lib/big.bin and the empty files
     assert {(swap32(h[1]), swap32(h[2])) for h in headers} == {(1234, 5678)}
@@ -364,14 +372,18 @@ def test_big_endian_fields_of_ostree_objects(ostree_objects: OstreeObjects) -> N
     assert symlinks == {"usr/bin", "/nonexistent/target"}
     if ostree_objects.xattrs:
         all_xattrs = [x for h in headers for x in h[6]]
-        all_xattrs += [x for _, d in ostree_objects.of_kind("dirmeta") for x in gvariant.decode(DIRMETA_TYPE, d)[3]]
+        all_xattrs += [
+            x for _, d in ostree_objects.of_kind("dirmeta") for x in gvariant.decode(DIRMETA_TYPE, d)[3]
+        ]
         assert (b"user.lanshare\0", b"dir attr") in all_xattrs
         assert (b"user.lanshare\0", b"file attr\0with NUL") in all_xattrs
     commitmeta = dict(ostree_objects.of_kind("commitmeta"))
     assert gvariant.decode(METADATA_TYPE, commitmeta[f"{second}.commitmeta"]) == {
         "note": Variant("s", "detached")
     }
-    summary_refs, summary_meta = gvariant.decode(SUMMARY_TYPE, dict(ostree_objects.of_kind("summary"))["summary"])
+    summary_refs, summary_meta = gvariant.decode(
+        SUMMARY_TYPE, dict(ostree_objects.of_kind("summary"))["summary"]
+    )
     assert [(ref, checksum.hex()) for ref, (_, checksum, _) in summary_refs] == [("os/stable", second)]
     assert summary_meta["lanshare.test"] == Variant("(yt)", (1, 2))
 
@@ -382,9 +394,9 @@ _BYTE_LIST = re.compile(r"\[byte ((?:0x[0-9a-f]{2}(?:, )?)+)\]")
 @requires_ostree
 def test_ostree_show_raw_text_agrees(ostree_objects: OstreeObjects) -> None:
     """``ostree show -B --raw`` prints GLib's own decoding of the commit: compare it with ours."""
-    first, second = ostree_objects.commits
+    second = ostree_objects.commits[1]
     data = dict(ostree_objects.of_kind("commit"))[f"{second}.commit"]
-    metadata, parent, _, subject, body, timestamp, root_tree, root_meta = gvariant.decode(COMMIT_TYPE, data)
+    _, parent, _, subject, body, timestamp, root_tree, root_meta = gvariant.decode(COMMIT_TYPE, data)
     text = ostree("show", f"--repo={ostree_objects.repo}", "-B", "--raw", second).stdout
     byte_lists = [bytes(int(b, 16) for b in m.split(", ")) for m in _BYTE_LIST.findall(text)]
     assert byte_lists == [parent, root_tree, root_meta]
@@ -399,9 +411,11 @@ def test_ostree_show_raw_text_agrees(ostree_objects: OstreeObjects) -> None:
     tree = gvariant.decode(DIRTREE_TYPE, trees[f"{root_tree.hex()}.dirtree"])
     path = ostree_objects.base / "reencoded.dirtree"
     path.write_bytes(gvariant.encode(DIRTREE_TYPE, tree))
-    printed = ostree("show", f"--repo={ostree_objects.repo}", f"--print-variant-type={DIRTREE_TYPE}", path).stdout
+    printed = ostree(
+        "show", f"--repo={ostree_objects.repo}", f"--print-variant-type={DIRTREE_TYPE}", path
+    ).stdout
     for name, _ in tree[0]:
-        assert f"('{name}', [byte " in printed or f"('{name}', [" in printed
+        assert f"('{name}', [" in printed
     for name, _, _ in tree[1]:
         assert f"('{name}', [" in printed
 
@@ -475,7 +489,7 @@ def values_of(sig: str, variant_depth: int = 2) -> st.SearchStrategy[Any]:
         # GLib's text parser refuses subnormals; NaN is never equal to itself.
         return st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False)
     if code == "s":
-        return st.text(st.characters(exclude_characters="\0"), max_size=12)
+        return st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=12)
     if code == "o":
         return st.sampled_from(_OBJECT_PATHS)
     if code == "g":
@@ -570,7 +584,7 @@ def gvariant_text(sig: str, value: Any) -> str:
 
 @requires_ostree
 @given(st.lists(typed_values(), min_size=1, max_size=8))
-@settings(max_examples=30, derandomize=True, database=None, deadline=None)
+@settings(max_examples=60, derandomize=True, database=None, deadline=None)
 def test_glib_encodes_generated_values_identically(glib_repo: Path, batch: list[tuple[str, Any]]) -> None:
     """Differential test: GLib serializes generated values exactly as lanshare does."""
     data = glib_commit(glib_repo, [(f"k{i}", sig, gvariant_text(sig, v)) for i, (sig, v) in enumerate(batch)])
@@ -621,7 +635,7 @@ BAD_INPUT: list[tuple[str, bytes]] = [
     ("v", _nested_variants(10_000)),
     ("mi", b"\0\0"),
     ("ms", b"a"),
-    ("a{sv}", b"k\0\0\0\0\0\0\0\x01\0b\x02\x0c"),  # b == 1 is fine, but the value is short
+    ("a{sv}", b"k\0\0\0\0\0\0\0\x02\0b\x02\x0c"),  # a boolean of 2
     ("a{sv}", b"\x00" * 300),
     (COMMIT_TYPE, b"\xff" * 64),
     (SUMMARY_TYPE, b"\x01"),
@@ -662,7 +676,7 @@ def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
         gvariant.decode("v", _nested_variants(200))
     # arrays of variants, each holding the next level
     nested: Any = Variant("()", ())
-    for _ in range(40):
+    for _ in range(20):
         nested = Variant("av", [nested])
     encoded = gvariant.encode("v", nested)
     assert gvariant.decode("v", encoded) == nested
@@ -698,10 +712,8 @@ def check_objects_or_corrupt(data: bytes) -> None:
         content.parse_archive_header(data, "fuzzed.filez")
     except CorruptObject as e:
         assert e.name == "fuzzed.filez"
-    try:
+    with contextlib.suppress(CorruptObject):
         parse_summary(data)
-    except CorruptObject:
-        pass
 
 
 def check_all(data: bytes) -> None:
@@ -824,4 +836,3 @@ def test_mutated_big_objects(ostree_objects: OstreeObjects, glib_repo: Path) -> 
         for mutant in _big_mutants(data):
             check_decodes_or_refuses(_corpus_signature(kind), mutant)
             check_objects_or_corrupt(mutant)
-
