@@ -226,14 +226,23 @@ def test_sigterm_lets_an_in_flight_transfer_finish_then_exits_0(tmp_path: Path, 
     path = Repo.open(published.repo).object_path(published.big, ObjectType.FILE)
     url = server.url + path.relative_to(published.repo).as_posix()
     received: list[bytes] = []
-    fetch = threading.Thread(target=lambda: received.append(urllib.request.urlopen(url, timeout=10).read()))
-    fetch.start()
-    time.sleep(0.3)
+    sending = threading.Event()
+
+    def fetch() -> None:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            first = response.read(1000)
+            sending.set()
+            received.append(first + response.read())
+
+    fetcher = threading.Thread(target=fetch)
+    fetcher.start()
+    assert sending.wait(10)
     started = time.monotonic()
     assert _stop(server) == 0, server.log.read_text()
-    fetch.join(10)
+    # It waited for the transfer (~0.7 s still to go at that rate), and not much longer.
+    assert 0.3 < time.monotonic() - started < 5
+    fetcher.join(10)
     assert received == [path.read_bytes()]
-    assert time.monotonic() - started < 5
     assert not (server.state / daemon.LAN_ADDRESS_FILE).exists()
 
 
