@@ -379,6 +379,20 @@ async def test_batch_marks_objects_above_the_limit_too_large(
 
 
 @pytest.mark.asyncio
+async def test_batches_beyond_max_batch_streams_wait_their_turn(
+    aiohttp_client: AiohttpClient, served: Served
+) -> None:
+    client = await _client(aiohttp_client, served, max_batch_streams=1, max_upload_rate=400_000)
+    request = {"objects": [str(wire.ObjectName(served.big, ObjectType.FILE))]}
+    first = await client.post("/lanshare/v1/objects", json=request)  # holds the only slot for ~0.5 s
+    second = asyncio.create_task(client.post("/lanshare/v1/objects", json=request))
+    await asyncio.sleep(0.2)
+    assert not second.done()
+    body = await first.read()
+    assert await (await second).read() == body
+
+
+@pytest.mark.asyncio
 async def test_bad_batch_requests(aiohttp_client: AiohttpClient, served: Served) -> None:
     client = await _client(aiohttp_client, served)
     url = "/lanshare/v1/objects"

@@ -6,6 +6,7 @@ API endpoints, so nothing an admin can do is reachable from the LAN.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class _InFlight:
 
 
 _IN_FLIGHT = web.AppKey("lan_in_flight", _InFlight)
+_BATCH_SLOTS = web.AppKey("lan_batch_slots", asyncio.Semaphore)
 
 # libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
 REPO_INDEX_PREFIX = "0/"
@@ -79,7 +81,8 @@ async def _info(request: web.Request) -> web.StreamResponse:
 
 async def _objects(request: web.Request) -> web.StreamResponse:
     names = await read_batch_request(request, request.app[LIMITS])
-    return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
+    async with request.app[_BATCH_SLOTS]:
+        return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
 
 
 def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Application:
@@ -93,6 +96,7 @@ def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Applicati
     # Resolved once: the repository may be reached through a symlink, nothing below it may.
     app[_ROOT] = Path(os.path.realpath(repo.path))
     app[_IN_FLIGHT] = _InFlight()
+    app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
     app.router.add_get(f"{wire.API_PREFIX}/info", _info)
     app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
     app.router.add_get("/{path:.*}", _archive)
