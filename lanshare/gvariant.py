@@ -128,7 +128,12 @@ class _String(GType):
         self.signature = code
 
     def encode(self, value: Any) -> bytes:
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        if not isinstance(value, str):
+            raise GVariantError(f"type {self.signature} needs a str, got {type(value).__name__}")
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise GVariantError("string is not valid UTF-8") from None
         if b"\0" in data:
             raise GVariantError("string contains a NUL byte")
         return data + b"\0"

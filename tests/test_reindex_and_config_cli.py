@@ -27,7 +27,7 @@ def test_reindex_rebuilds_commits_refs_and_pins_from_the_repo_alone(
 ) -> None:
     repo = tmp_path / "repo"
     tree = build_tree(tmp_path / "tree")
-    common = ["--repo", repo, "--tree", tree, "--no-xattrs"]
+    common: list[str | Path] = ["--repo", repo, "--tree", tree, "--no-xattrs"]
     assert lanshare("commit", "--branch", "os/stable", "--version", "1", *common) == 0
     assert lanshare("commit", "--branch", "os/stable", "--version", "2", "--checkpoint", *common) == 0
     assert lanshare("commit", "--branch", "os/stable", "--checkpoint-target", "os/v2", *common) == 0

@@ -29,7 +29,16 @@ def test_ostree_reads_lanshare_summary_with_collection_and_mirrors(
 ) -> None:
     repo_path = tmp_path / "repo"
     tree = build_tree(tmp_path / "tree")
-    args = ["--repo", repo_path, "--tree", tree, "--collection-id", "org.example.Os", "--version", "7"]
+    args: list[str | Path] = [
+        "--repo",
+        repo_path,
+        "--tree",
+        tree,
+        "--collection-id",
+        "org.example.Os",
+        "--version",
+        "7",
+    ]
     assert lanshare("commit", "--branch", "os/stable", *args) == 0
     repo = Repo.open(repo_path)
     head = repo.read_ref("os/stable")
@@ -51,7 +60,7 @@ def test_ostree_reads_lanshare_summary_with_collection_and_mirrors(
 
 def test_signed_summary_is_accepted_by_ostree_pull(tmp_path: Path, gpg_keys: GpgKeys) -> None:
     repo_path = tmp_path / "repo"
-    key = ["--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir]
+    key: list[str | Path] = ["--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir]
     tree = build_tree(tmp_path / "tree")
     assert lanshare("commit", "--repo", repo_path, "--branch", "os/stable", "--tree", tree, *key) == 0
     assert lanshare("summary", "--repo", repo_path, "-u", *key) == 0

@@ -66,7 +66,7 @@ class ObjectType(enum.Enum):
 
 def is_checksum(text: str) -> bool:
     """True if ``text`` is a full lowercase hex SHA-256."""
-    return bool(_CHECKSUM_RE.match(text))
+    return bool(_CHECKSUM_RE.fullmatch(text))
 
 
 def checksum_to_bytes(checksum: str) -> bytes:

@@ -57,14 +57,14 @@ class RepoError(Error):
 
 def validate_ref(name: str) -> str:
     """Return ``name`` if it is a valid OSTree ref name, else raise RepoError."""
-    if len(name) > 255 or not _REF_RE.match(name) or ".." in name.split("/"):
+    if len(name) > 255 or not _REF_RE.fullmatch(name) or ".." in name.split("/"):
         raise RepoError(f"invalid ref name {name!r}: use slash-separated [A-Za-z0-9_][-._A-Za-z0-9]* parts")
     return name
 
 
 def validate_collection_id(collection_id: str) -> str:
     """Return ``collection_id`` if it is a valid reverse-DNS collection ID, else raise RepoError."""
-    if len(collection_id) > 255 or not _COLLECTION_ID_RE.match(collection_id):
+    if len(collection_id) > 255 or not _COLLECTION_ID_RE.fullmatch(collection_id):
         raise RepoError(f"invalid collection ID {collection_id!r}: expected reverse-DNS like org.example.Os")
     return collection_id
 
@@ -472,7 +472,7 @@ class Repo:
                 ref = path.relative_to(base).as_posix()
                 with suppress(OSError, UnicodeDecodeError):
                     text = path.read_text().strip()
-                    if is_checksum(text) and _REF_RE.match(ref):
+                    if is_checksum(text) and _REF_RE.fullmatch(ref):
                         yield ref, text
 
     def list_refs(self) -> dict[str, str]:
@@ -529,14 +529,14 @@ class Repo:
             if remote_ref:
                 return remote_ref
             raise RepoError(f"ref {base} not found")
-        if _REF_RE.match(base) and ".." not in base.split("/"):
+        if _REF_RE.fullmatch(base) and ".." not in base.split("/"):
             local = self.read_ref(base)
             if local:
                 return local
             for (_, ref), commit in self.list_mirror_refs().items():
                 if ref == base:
                     return commit
-        if _PARTIAL_RE.match(base):
+        if _PARTIAL_RE.fullmatch(base):
             matches = sorted(
                 base[:2] + p.name.split(".")[0]
                 for p in (self.objects_dir / base[:2]).glob(f"{base[2:]}*.commit")
