@@ -69,3 +69,15 @@ def test_bad_config_exits_2_with_one_line(
 def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert lanshare("prune", "--no-such-flag") == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--branch", "--checkpoint-target", "--endoflife-rebase"])
+def test_bad_ref_on_the_command_line_is_a_usage_error_and_creates_nothing(
+    tmp_path: Path, option: str
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    args: list[str | Path] = ["commit", "--repo", tmp_path / "new-repo", "--tree", tree]
+    args += ["--branch", "../x"] if option == "--branch" else ["--branch", "ok", option, "../x"]
+    assert lanshare(*args) == 2
+    assert not (tmp_path / "new-repo").exists()

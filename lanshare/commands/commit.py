@@ -9,7 +9,7 @@ from lanshare.errors import UsageError
 from lanshare.gvariant import Variant
 from lanshare.ostree import commit_tree as ct
 from lanshare.ostree import signing
-from lanshare.ostree.repo import Repo, validate_ref
+from lanshare.ostree.repo import Repo, RepoError, validate_ref
 
 
 def _metadata(args: argparse.Namespace) -> dict[str, Variant]:
@@ -43,6 +43,13 @@ def run_commit(args: argparse.Namespace) -> int:
     """Commit the tree, sign it if asked, then move the branch; prints the checksum."""
     if args.gpg_sign and args.gpg_homedir is None:
         raise UsageError("--gpg-sign needs --gpg-homedir")
+    # Refs named on the command line are usage errors, checked before anything touches the disk.
+    for ref in (args.branch, args.checkpoint_target, args.endoflife_rebase):
+        if ref is not None:
+            try:
+                validate_ref(ref)
+            except RepoError as e:
+                raise UsageError(str(e)) from None
     repo = Repo.init(args.repo, args.collection_id)
     options = ct.CommitOptions(
         branch=args.branch,
