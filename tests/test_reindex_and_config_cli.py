@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,16 @@ def test_bad_ref_on_the_command_line_is_a_usage_error_and_creates_nothing(
     args += ["--branch", "../x"] if option == "--branch" else ["--branch", "ok", option, "../x"]
     assert lanshare(*args) == 2
     assert not (tmp_path / "new-repo").exists()
+
+
+def test_a_file_name_that_is_not_utf8_fails_the_commit_with_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = build_tree(tmp_path / "tree")
+    (tree / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")
+    repo = tmp_path / "repo"
+    assert lanshare("commit", "--repo", repo, "--branch", "os/stable", "--tree", tree) == 1
+    err = capsys.readouterr().err
+    assert "caf\\xe9.txt: the file name is not valid UTF-8" in err
+    assert "Traceback" not in err
+    assert not (repo / "refs/heads/os/stable").exists()

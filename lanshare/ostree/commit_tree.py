@@ -45,6 +45,15 @@ class CommitOptions:
     bind_ref: bool = True
 
 
+def _check_name(path: str, name: str) -> None:
+    """OSTree file names are UTF-8 strings (GVariant ``s``); refuse others before they reach a dirtree."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise CommitError(f"{shown}: the file name is not valid UTF-8; OSTree cannot store it") from None
+
+
 def _read_xattrs(path: str) -> Xattrs:
     try:
         names = os.listxattr(path, follow_symlinks=False)
@@ -106,7 +115,10 @@ class TreeWriter:
         meta = DirMeta(uid, gid, st.st_mode, self._xattrs(path))
         pending = _PendingDir(self.repo.write_metadata(ObjectType.DIR_META, meta.to_bytes()))
         with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name.encode())
+            entries = list(it)
+        for entry in entries:
+            _check_name(entry.path, entry.name)
+        entries.sort(key=lambda e: e.name.encode())
         for entry in entries:
             entry_st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(entry_st.st_mode):
