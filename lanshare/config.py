@@ -404,7 +404,9 @@ def _listen(value: object) -> ListenAddress:
     expected = 'a "host:port" address like "0.0.0.0:8089" or "[::]:8089"'
     text = _text(value, expected)
     host, colon, port_text = text.rpartition(":")
-    if not colon or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+    # Port 0 asks the kernel for a free port; the daemon writes the one it got to
+    # <state>/lan-address (tests and ad-hoc daemons use it).
+    if not colon or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) <= 65535:
         raise _Invalid(expected)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -896,7 +898,8 @@ _WILDCARDS = ("0.0.0.0", "::")
 def _check_listeners(values: _Values, sharing: ListenAddress, status: ListenAddress) -> None:
     """Refuse a status listener that would collide with the LAN listener, naming the one set last."""
     same_host = sharing.host == status.host or sharing.host in _WILDCARDS or status.host in _WILDCARDS
-    if sharing.port != status.port or not same_host:
+    # Two port-0 listeners each get their own free port.
+    if sharing.port != status.port or sharing.port == 0 or not same_host:
         return
     addresses = {"sharing": sharing, "status": status}
     order = {name: values.origins.get((name, "listen"), (-1, ""))[0] for name in addresses}

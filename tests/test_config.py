@@ -844,3 +844,9 @@ def test_format_size_and_duration_round_trip() -> None:
 def test_listeners_may_share_a_port_on_different_addresses(tmp_path: Path) -> None:
     main = write(tmp_path / "lanshare.toml", '[sharing]\nlisten = "192.168.1.5:8090"\n')
     assert load_config(main, environ={}).sharing.listen == ListenAddress("192.168.1.5", 8090)
+
+
+def test_port_0_asks_for_a_free_port_on_both_listeners(tmp_path: Path) -> None:
+    text = '[sharing]\nlisten = "127.0.0.1:0"\n[status]\nlisten = "127.0.0.1:0"\n'
+    loaded = load_config(write(tmp_path / "lanshare.toml", text), environ={})
+    assert loaded.sharing.listen == loaded.status.listen == ListenAddress("127.0.0.1", 0)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 
 from lanshare import daemon
-from lanshare.config import ListenAddress, load_config
+from lanshare.config import load_config
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from tests.conftest import build_tree, ostree, ostree_commit
@@ -87,20 +85,12 @@ class Daemon:
     log: Path
 
 
-def _free_port() -> int:
-    # The config refuses "host:0" for now (see the serve notes); a port free this instant will do.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _start(base: Path, repo: Path, extra: str = "") -> Daemon:
     state = base / "state"
     config = base / "lanshare.toml"
     config.write_text(
         f'[repo]\npath = "{repo}"\n'
-        f'[sharing]\nlisten = "127.0.0.1:{_free_port()}"\nadvertise = false\ndiscovery = false\n{extra}'
+        f'[sharing]\nlisten = "127.0.0.1:0"\nadvertise = false\ndiscovery = false\n{extra}'
     )
     log = base / "serve.log"
     env = {**os.environ, "LANSHARE_STATE_DIR": str(state)}
@@ -271,12 +261,9 @@ def test_a_second_daemon_on_a_taken_port_fails_with_one_line(
 
 @pytest.mark.asyncio
 async def test_daemon_on_port_0_writes_its_address_and_keeps_its_node_id(tmp_path: Path) -> None:
-    empty = tmp_path / "lanshare.toml"
-    empty.write_text("")
-    config = load_config(empty, {"LANSHARE_STATE_DIR": str(tmp_path / "state")})
-    config = dataclasses.replace(
-        config, sharing=dataclasses.replace(config.sharing, listen=ListenAddress("127.0.0.1", 0))
-    )
+    config_file = tmp_path / "lanshare.toml"
+    config_file.write_text('[sharing]\nlisten = "127.0.0.1:0"\n')
+    config = load_config(config_file, {"LANSHARE_STATE_DIR": str(tmp_path / "state")})
     node_ids = []
     for _ in range(2):
         stop = asyncio.Event()
