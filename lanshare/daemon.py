@@ -25,8 +25,7 @@ from lanshare.config import Config, ListenAddress
 from lanshare.errors import Error
 from lanshare.index.db import open_index
 from lanshare.ostree.repo import Repo
-from lanshare.ostree.repo_summary import regenerate_summary, summary_refs
-from lanshare.ostree.summary import parse_summary
+from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.server import LanLimits, create_lan_app
 
 log = logging.getLogger(__name__)
@@ -89,35 +88,6 @@ def load_node_id(state_dir: Path) -> str:
     except OSError as e:
         raise DaemonError(f"cannot keep the node id in {path}: {e.strerror or e}") from e
     return node_id
-
-
-def refresh_summary(repo: Repo) -> bool:
-    """Regenerate ``summary`` when it is missing or lists other refs than the repository; True if it did."""
-    main, others = summary_refs(repo)
-    wanted = (
-        repo.collection_id,
-        {(r.name, r.checksum) for r in main},
-        {cid: {(r.name, r.checksum) for r in refs} for cid, refs in others.items()},
-    )
-    try:
-        current = parse_summary((repo.path / "summary").read_bytes())
-        have = (
-            current.collection_id,
-            {(r.name, r.checksum) for r in current.refs},
-            {cid: {(r.name, r.checksum) for r in refs} for cid, refs in current.collection_map.items()},
-        )
-        if have == wanted:
-            return False
-    except (FileNotFoundError, Error):
-        pass
-    signed = (repo.path / "summary.sig").exists()
-    regenerate_summary(repo)
-    if signed:
-        # The daemon holds no signing key: a stale signature would only make verifying clients fail.
-        log.warning(
-            "refs changed since the summary was signed: summary.sig removed (re-sign: lanshare summary -u)"
-        )
-    return True
 
 
 async def _node_id(app: web.Application) -> AsyncIterator[None]:

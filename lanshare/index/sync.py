@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, utcnow
+from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, Transfer, TransferState, utcnow
+from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.retention import PIN_REF_PREFIX, PinRule, load_commits, object_sizes
 from lanshare.update_path import CommitInfo
@@ -108,3 +110,34 @@ def last_used(engine: Engine) -> dict[str, float]:
     with Session(engine) as session:
         rows = session.execute(select(Commit.checksum, Commit.last_used)).all()
     return {row[0]: row[1].timestamp() for row in rows}
+
+
+def record_commits(engine: Engine, repo: Repo, commits: Iterable[str], ref: str | None = None) -> None:
+    """Add or refresh the index rows of ``commits`` (held in ``repo``) and of ``ref``, after a pull."""
+    partial = repo.partial_commits()
+    with Session(engine) as session, session.begin():
+        for checksum in commits:
+            if not repo.has_object(checksum, ObjectType.COMMIT):
+                continue
+            info = CommitInfo.from_commit(
+                checksum, repo.load_commit(checksum), complete=checksum not in partial
+            )
+            row = _commit_row(info, ref)
+            existing = session.get(Commit, checksum)
+            if existing is not None:
+                row.ref = existing.ref or row.ref
+                row.last_used = existing.last_used
+            session.merge(row)
+        if ref is not None and (head := repo.read_ref(ref)) is not None:
+            session.merge(Ref(name=ref, collection_id=repo.collection_id or "", commit=head))
+
+
+def interrupt_running_transfers(engine: Engine, reason: str) -> int:
+    """Close transfers left "running" by a process that died mid-pull; returns how many."""
+    with Session(engine) as session, session.begin():
+        result = session.execute(
+            update(Transfer)
+            .where(Transfer.state == TransferState.RUNNING)
+            .values(state=TransferState.FAILED, error=reason, finished_at=utcnow())
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

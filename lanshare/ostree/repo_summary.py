@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import suppress
 from pathlib import Path
 
+from lanshare.errors import Error
 from lanshare.ostree import signing
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
-from lanshare.ostree.summary import SummaryRef, build_summary
+from lanshare.ostree.summary import SummaryRef, build_summary, parse_summary
+
+log = logging.getLogger(__name__)
 
 # lanshare's own bookkeeping refs (pins) are local state, not something to advertise.
 PRIVATE_REF_PREFIX = "lanshare/"
@@ -65,3 +69,36 @@ def regenerate_summary(
             os.unlink(sig_path)
         repo.atomic_write(repo.path / "summary", [data], durable=True)
     return data
+
+
+def refresh_summary(repo: Repo) -> bool:
+    """Regenerate ``summary`` when it is missing or lists other refs than the repository; True if it did.
+
+    Called after every pull (the CLI's and the daemon's), so stock ``ostree pull`` clients of the
+    LAN listener see the refs this node holds now.
+    """
+    main, others = summary_refs(repo)
+    wanted = (
+        repo.collection_id,
+        {(r.name, r.checksum) for r in main},
+        {cid: {(r.name, r.checksum) for r in refs} for cid, refs in others.items()},
+    )
+    try:
+        current = parse_summary((repo.path / "summary").read_bytes())
+        have = (
+            current.collection_id,
+            {(r.name, r.checksum) for r in current.refs},
+            {cid: {(r.name, r.checksum) for r in refs} for cid, refs in current.collection_map.items()},
+        )
+        if have == wanted:
+            return False
+    except (FileNotFoundError, Error):
+        pass
+    signed = (repo.path / "summary.sig").exists()
+    regenerate_summary(repo)
+    if signed:
+        # The daemon holds no signing key: a stale signature would only make verifying clients fail.
+        log.warning(
+            "refs changed since the summary was signed: summary.sig removed (re-sign: lanshare summary -u)"
+        )
+    return True
