@@ -22,9 +22,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from lanshare.index.db import open_index
-from lanshare.index.models import Lease, Peer, Transfer, TransferState
+from lanshare.index.models import Commit, Lease, Peer, Ref, Transfer, TransferState
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.summary import parse_summary
 from lanshare.pull import PullError, PullOptions, PullResult, SourceSpec, Timeouts, TrustPolicy, pull
 from lanshare.server.lan import create_lan_app
 from lanshare.server.limits import LanLimits
@@ -265,6 +266,11 @@ def test_cli_pulls_a_gpg_signed_commit_from_nginx(
         assert transfer.state is TransferState.DONE and transfer.commit == published.v2
         assert transfer.objects_done == report["objects_fetched"] == transfer.objects_total
         assert session.scalars(select(Lease)).all() == []  # released at the end
+        # The index knows the commit and the ref; the summary lists the ref for stock clients.
+        assert session.get(Commit, published.v2) is not None
+        assert session.get(Ref, ("os/stable", "")).commit == published.v2  # type: ignore[union-attr]
+    summary = parse_summary((client.repo.path / "summary").read_bytes())
+    assert {(r.name, r.checksum) for r in summary.refs} == {("os/stable", published.v2)}
     # A second pull finds nothing to do.
     capsys.readouterr()
     assert lanshare("pull", "os/stable", "--from", url, "--config", client.config, "--json") == 0

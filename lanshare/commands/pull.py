@@ -12,6 +12,8 @@ from tqdm import tqdm
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
+from lanshare.index import sync
+from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.pull import ProgressUpdate, PullError, PullOptions, PullResult, TrustPolicy, pull
 from lanshare.pull.engine import ProgressCallback
 from lanshare.pull.sources import plan_from_config
@@ -78,6 +80,10 @@ def run_pull(args: argparse.Namespace) -> int:
             raise
         print_json({"target": args.target, "ref": args.ref, "error": str(e)})
         return EXIT_FAILURE
+    if not result.up_to_date:
+        refresh_summary(repo)
+        if index is not None:
+            sync.record_commits(index, repo, [result.commit], result.ref)
     _warnings(result)
     if args.json:
         print_json(result.to_json())
