@@ -9,11 +9,13 @@ listener sends is paced and counted by the :class:`PeerLedger`; streamed bodies 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lanshare import wire
 from lanshare.config import SharingConfig
@@ -58,6 +60,7 @@ class LanLimits:
             "shutdown_timeout": self.shutdown_timeout,
             "lingering_time": 2.0,
             "access_log": None,
+            "logger": PEER_ERRORS_LOG,
         }
 
     @property
@@ -66,6 +69,40 @@ class LanLimits:
         if self.max_upload_rate is None:
             return 256 * 1024
         return max(1024, min(64 * 1024, self.max_upload_rate // 20))
+
+
+class _QuietMalformedRequests(logging.Filter):
+    """A peer's malformed request (bad header, chunk, length…) is logged once as one WARNING line.
+
+    aiohttp logs each at ERROR with a traceback: a hostile peer could fill the journal with them.
+    Later ones go at DEBUG; errors in lanshare's own handlers keep their traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        first_line = (error.message or type(error).__name__).strip().splitlines()[0][:200]
+        record.msg = f"{record.getMessage()}: malformed request ({error.code}): {first_line}"
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        if not self._warned:
+            self._warned = True
+            record.msg += " (further malformed requests are logged at DEBUG)"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+# The LAN listener's server logger (aiohttp's "aiohttp.server" logs every bad request with a traceback).
+PEER_ERRORS_LOG = logging.getLogger("lanshare.server.peers")
+PEER_ERRORS_LOG.addFilter(_QuietMalformedRequests())
 
 
 # Bytes per sendfile call: each call gets the stall timeout, so a peer that stops reading is dropped.
