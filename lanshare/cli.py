@@ -121,8 +121,19 @@ def _add_network(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     p.add_argument("--ref", help="with a COMMIT: the ref it belongs to (checked against its binding)")
     p.set_defaults(handler=_lazy("pull", "run_pull"))
-    p = sub.add_parser("upgrade", parents=[_common()], help="deploy the next step of the update path")
+    p = sub.add_parser(
+        "upgrade",
+        parents=[_common()],
+        help="deploy the next step of the update path",
+        epilog="exit status: 0 done (up to date, no more steps); 10 a step was deployed and more "
+        "remain (reboot if needed, then run again); 1 failed (pull, verification, deploy hook); "
+        "2 usage or configuration error",
+    )
     p.add_argument("--all", action="store_true", help="walk every step to the end of the path")
+    p.add_argument("--ref", help="the ref the deployed commit is on (default: its ref binding)")
+    p.add_argument(
+        "--from", dest="start", metavar="COMMIT", help="the deployed commit (default: [upgrade] config)"
+    )
     p.set_defaults(handler=_lazy("upgrade", "run_upgrade"))
 
 
