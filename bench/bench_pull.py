@@ -1,0 +1,522 @@
+"""Pulls over loopback: lanshare from a lanshare peer, stock ``ostree pull`` from nginx and from lanshare.
+
+Generates one OS-like tree (bench/treegen.py), commits it GPG-signed with ``ostree commit`` into an
+archive repository, and serves that one directory with nginx and with ``lanshare serve`` side by
+side on 127.0.0.1. Each round pulls the commit three ways into a fresh, empty archive repository
+(``ostree init --mode=archive``, not timed):
+
+* ``lanshare pull`` from the lanshare daemon (batch API), client config with the signing key and an
+  already-migrated index, as on a machine running lanshare;
+* ``ostree pull --disable-static-deltas`` from nginx (the baseline), GPG verification on;
+* the same ``ostree pull`` from the lanshare daemon (archive layout).
+
+Rounds alternate the order; medians are reported. Nothing is dropped from the page cache: the
+served repository was just written, so every run reads it warm. Each run's client is timed as a
+child process (wall, CPU-s from ``wait4``, peak RSS from GNU time); the server's CPU time comes
+from ``/proc/PID/stat`` and its peak RSS from ``VmHWM`` (reset before each run through
+``/proc/PID/clear_refs``). Bytes on the wire are counted on ``lo`` (``/proc/net/dev``: both
+directions, with TCP/IP headers), which is exact because the bench re-runs itself in a private
+network namespace (``unshare -n``) where nothing else talks; nginx's ``$bytes_sent`` log is summed
+as a check. Every pulled repository must pass ``ostree fsck`` (not timed) and hold the very
+commit that was served, else the bench fails (exit 1). Goals are printed as PASS or MISS, never
+asserted: (a) lanshare←lanshare / ostree←nginx wall ≤ 0.5, (b) ostree←lanshare / ostree←nginx
+wall ≤ 1.3, (c) the daemon's peak RSS during (b) ≤ 150 MB; (d) bytes are reported, no goal.
+
+    python -m bench.bench_pull [--files N] [--size BYTES] [--rounds R] [--keep DIR] [--shared-net]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.bench_repo import GNU_TIME, PROJECT_ROOT, TIMESTAMP, BenchError, Run, _read_all, run_timed
+from bench.nginx import Nginx, NginxError, free_port
+from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, TreeStats, generate_tree
+from lanshare.index.db import open_index
+from lanshare.ostree.signing import export_public_keyring
+
+BRANCH = "bench/tree"
+GOAL_A = 0.5
+GOAL_B = 1.3
+GOAL_C_MB = 150
+# Set in the copy of the bench that runs inside its own network namespace.
+NETNS_ENV = "LANSHARE_BENCH_PULL_NETNS"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the servers' side, read from /proc ----------------------------------------------------------
+
+
+def _lo_bytes() -> int:
+    """Bytes sent on ``lo`` so far (each loopback packet is sent once and received once)."""
+    with open("/proc/net/dev") as f:
+        for line in f:
+            name, _, counters = line.partition(":")
+            if name.strip() == "lo":
+                return int(counters.split()[8])
+    raise BenchError("no lo interface in /proc/net/dev")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _reset_peak_rss(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ≥ 4.0); False if the kernel refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmHWM for process {pid}")
+
+
+class LanshareServer:
+    """A running ``lanshare serve`` on 127.0.0.1 serving ``repo``; config and state in ``base``."""
+
+    def __init__(self, repo: Path, base: Path, env: dict[str, str]) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        state = base / "state"
+        config = base / "lanshare.toml"
+        config.write_text(
+            f'[repo]\npath = "{repo}"\n'
+            f'[sharing]\nlisten = "127.0.0.1:{free_port()}"\nadvertise = false\ndiscovery = false\n'
+        )
+        self.log = base / "serve.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lanshare.cli", "serve", "--config", str(config)],
+                cwd=PROJECT_ROOT,
+                env={**env, "LANSHARE_STATE_DIR": str(state)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        address = state / "lan-address"  # lanshare.daemon.LAN_ADDRESS_FILE, written once listening
+        deadline = time.monotonic() + 60
+        while not address.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(f"lanshare serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.url = f"http://{address.read_text().strip()}/"
+
+    @property
+    def pid(self) -> int:
+        """The serving process."""
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """SIGTERM (a graceful stop), SIGKILL after 15 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- one timed pull ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullRun:
+    """One timed pull: the client child process, and what the server and ``lo`` saw meanwhile."""
+
+    client: Run
+    server_cpu: float
+    server_peak_kib: int
+    lo_bytes: int
+    nginx_responses: int | None = None
+    nginx_bytes: int | None = None
+
+
+@dataclass
+class Way:
+    """Every run of one way of pulling."""
+
+    key: str
+    label: str
+    server: str  # "lanshare" or "nginx"
+    runs: list[PullRun] = field(default_factory=list)
+
+    def median(self, value: Callable[[PullRun], float]) -> float:
+        """Median of ``value`` over the runs."""
+        return statistics.median(value(r) for r in self.runs)
+
+    @property
+    def wall(self) -> float:
+        """Median wall-clock seconds of the client."""
+        return self.median(lambda r: r.client.wall)
+
+    @property
+    def client_peak_mb(self) -> float:
+        """Highest client peak RSS over the runs, MB (10^6 bytes)."""
+        return max(r.client.maxrss_kib for r in self.runs) * 1024 / 1e6
+
+    @property
+    def server_peak_mb(self) -> float:
+        """Highest server peak RSS over the runs, MB (10^6 bytes)."""
+        return max(r.server_peak_kib for r in self.runs) * 1024 / 1e6
+
+
+WAYS = (
+    ("lanshare", "lanshare pull <- lanshare serve", "lanshare"),
+    ("ostree-nginx", "ostree pull <- nginx", "nginx"),
+    ("ostree-lanshare", "ostree pull <- lanshare serve", "lanshare"),
+)
+
+
+@dataclass
+class BenchResult:
+    """Everything the bench measured."""
+
+    tree: TreeStats
+    archive_bytes: int
+    objects: int
+    commit: str
+    ways: dict[str, Way]
+    private_net: bool
+    peak_reset: bool
+    checks: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+class Tools:
+    """Command lines of both clients."""
+
+    def __init__(self) -> None:
+        ostree = shutil.which("ostree")
+        if ostree is None:
+            raise BenchError("the ostree CLI is not installed (apt-get install ostree)")
+        if shutil.which("gpg") is None:
+            raise BenchError("gpg is not installed (apt-get install gnupg)")
+        self.ostree = ostree
+        # No LANSHARE_* setting of the caller may change what the timed lanshare does.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LANSHARE_")}
+        pythonpath = self.env.get("PYTHONPATH")
+        self.env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+        self.lanshare = [sys.executable, "-m", "lanshare.cli"]
+
+    def ostree_cmd(self, *args: str | Path) -> str:
+        """Run an untimed ostree command; its stdout."""
+        return run_timed([self.ostree, *args]).stdout
+
+
+def _make_signing_key(homedir: Path, keyring: Path) -> str:
+    homedir.mkdir(mode=0o700, parents=True)
+
+    def gpg(*args: str) -> str:
+        cmd = ["gpg", "--homedir", str(homedir), "--batch", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BenchError(f"gpg {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", "Bench <bench@example.com>", "ed25519", "sign", "never")
+    listing = gpg("--with-colons", "--list-keys")
+    key_id = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
+    export_public_keyring(homedir, [key_id], keyring)
+    return key_id
+
+
+def _stop_gpg_agent(homedir: Path) -> None:
+    if homedir.exists() and shutil.which("gpgconf"):
+        subprocess.run(["gpgconf", "--homedir", str(homedir), "--kill", "all"], capture_output=True)
+
+
+def _objects(repo: Path) -> tuple[int, int]:
+    """Object files and their bytes."""
+    count = size = 0
+    for d, _, names in os.walk(repo / "objects"):
+        for n in names:
+            count += 1
+            size += os.lstat(os.path.join(d, n)).st_size
+    return count, size
+
+
+class _Runner:
+    """Sets up a fresh client repository for one way, runs the timed pull, checks the result."""
+
+    def __init__(self, tools: Tools, workdir: Path, keyring: Path, index_template: Path) -> None:
+        self.tools = tools
+        self.workdir = workdir
+        self.keyring = keyring
+        self.index_template = index_template
+
+    def prepare(self, way: Way, url: str, round_no: int) -> tuple[Path, Callable[[], Run]]:
+        """A fresh archive repository set up to pull from ``url`` (not timed), and the timed pull."""
+        run_dir = self.workdir / f"round{round_no}-{way.key}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        repo = run_dir / "repo"
+        self.tools.ostree_cmd("init", f"--repo={repo}", "--mode=archive")
+        if way.key == "lanshare":
+            shutil.copyfile(self.index_template, run_dir / "index.sqlite")
+            config = run_dir / "lanshare.toml"
+            config.write_text(
+                f'[repo]\npath = "{repo}"\n[database]\nurl = "sqlite:///{run_dir / "index.sqlite"}"\n'
+                f'[trust]\ngpg_keyring = "{self.keyring}"\n'
+            )
+            cmd: list[str | Path] = [*self.tools.lanshare, "pull", BRANCH, "--from", url, "--config", config]
+            return repo, lambda: run_timed(cmd, self.tools.env)
+        self.tools.ostree_cmd(
+            "remote", "add", f"--repo={repo}", f"--gpg-import={self.keyring}", "origin", url
+        )
+        pull = [self.tools.ostree, "pull", f"--repo={repo}", "--disable-static-deltas", "origin", BRANCH]
+        return repo, lambda: run_timed(pull)
+
+    def check(self, way: Way, repo: Path, commit: str) -> str | None:
+        """Why the pulled repository is wrong (fsck failure, another commit), or None."""
+        ref = BRANCH if way.key == "lanshare" else f"origin:{BRANCH}"
+        try:
+            pulled = self.tools.ostree_cmd("rev-parse", f"--repo={repo}", ref).strip()
+            self.tools.ostree_cmd("fsck", f"--repo={repo}")
+        except BenchError as e:
+            return f"{way.label}: {e}"
+        if pulled != commit:
+            return f"{way.label}: pulled {pulled}, served {commit}"
+        return None
+
+
+def _timed_pull(step: Callable[[], Run], server_pid: int, nginx: Nginx | None) -> tuple[PullRun, bool]:
+    reset = _reset_peak_rss(server_pid)
+    offset = nginx.log_offset() if nginx else 0
+    os.sync()  # the client's fresh repository and the last run's writes must not be charged here
+    cpu, lo = _cpu_seconds(server_pid), _lo_bytes()
+    client = step()
+    lo = _lo_bytes() - lo
+    cpu = _cpu_seconds(server_pid) - cpu
+    responses = sent = None
+    if nginx:
+        responses, sent = nginx.bytes_sent_since(offset)
+    return PullRun(client, cpu, _peak_rss_kib(server_pid), lo, responses, sent), reset
+
+
+def run_bench(
+    workdir: Path,
+    files: int = DEFAULT_FILES,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    rounds: int = 3,
+    keep: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> BenchResult:
+    """Generate, commit and serve the tree under ``workdir``, and measure every way of pulling it."""
+    tools = Tools()
+    tree = workdir / "tree"
+    for stale in ("tree", "gpg", "served", "nginx", "lanshare-serve"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
+    log(f"generating {files} files, {size / 1e6:.0f} MB (seed {seed}) ...")
+    stats = generate_tree(tree, files=files, total_bytes=size, seed=seed)
+    _read_all(tree)
+    gpg_home = workdir / "gpg"
+    keyring = workdir / "publisher.gpg"
+    source = workdir / "served"
+    servers: list[Nginx | LanshareServer] = []
+    try:
+        key_id = _make_signing_key(gpg_home, keyring)
+        log("committing with ostree commit (GPG-signed) and updating the summary ...")
+        tools.ostree_cmd("init", f"--repo={source}", "--mode=archive")
+        tools.ostree_cmd(
+            "commit", f"--repo={source}", f"--branch={BRANCH}", "--owner-uid=0", "--owner-gid=0",
+            "--no-xattrs", f"--timestamp=@{TIMESTAMP}", f"--gpg-sign={key_id}", f"--gpg-homedir={gpg_home}",
+            tree,
+        )  # fmt: skip
+        tools.ostree_cmd("summary", "-u", f"--repo={source}")
+        commit = tools.ostree_cmd("rev-parse", f"--repo={source}", BRANCH).strip()
+        objects, archive_bytes = _objects(source)
+        shutil.rmtree(tree)
+
+        # The client's index, migrated once: a machine running lanshare already has one.
+        index_template = workdir / "index-template.sqlite"
+        open_index(f"sqlite:///{index_template}").dispose()
+
+        nginx = Nginx(source, workdir / "nginx")
+        servers.append(nginx)
+        lanshare = LanshareServer(source, workdir / "lanshare-serve", tools.env)
+        servers.append(lanshare)
+        log(f"serving {commit} ({objects} objects, {archive_bytes / 1e6:.1f} MB): nginx {nginx.url}, "
+            f"lanshare {lanshare.url}")  # fmt: skip
+
+        ways = {key: Way(key, label, server) for key, label, server in WAYS}
+        runner = _Runner(tools, workdir, keyring, index_template)
+        result = BenchResult(
+            stats, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
+        )
+        for round_no in range(rounds):
+            order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
+            log(f"round {round_no + 1}/{rounds}: " + ", ".join(w.key for w in order))
+            for way in order:
+                server = nginx if way.server == "nginx" else lanshare
+                repo, step = runner.prepare(way, server.url, round_no)
+                run, reset = _timed_pull(step, server.pid, nginx if server is nginx else None)
+                result.peak_reset &= reset
+                way.runs.append(run)
+                log(
+                    f"  {way.key:<16} {run.client.wall:6.2f} s  {run.client.cpu:6.2f} CPU-s  "
+                    f"server {run.server_cpu:5.2f} CPU-s {run.server_peak_kib / 1024:5.0f} MiB  "
+                    f"{run.lo_bytes / 1e6:7.1f} MB on lo"
+                )
+                problem = runner.check(way, repo, commit)
+                if problem:
+                    result.failures.append(problem)
+                elif round_no == 0:
+                    result.checks.append(way.key)
+                if not keep or round_no < rounds - 1:
+                    shutil.rmtree(repo.parent)
+        return result
+    finally:
+        for server in servers:
+            server.stop()
+        _stop_gpg_agent(gpg_home)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def format_report(result: BenchResult, rounds: int) -> str:
+    """The table of every way of pulling, then the four ratios against their goals."""
+    t, w = result.tree, result.ways
+    lines = [
+        f"tree: {t.files} files ({t.total_bytes / 1e6:.1f} MB), {t.symlinks} symlinks, {t.dirs} dirs; "
+        f"archive repository: {result.objects} objects, {_mb(result.archive_bytes)}",
+        f"served commit: {result.commit} (GPG-signed; both clients verify the signature)",
+        f"every pulled repository passed ostree fsck and holds that commit: "
+        f"{'yes' if not result.failures else 'NO'}",
+        "",
+        f"median of {rounds} rounds, order alternating; fresh empty target repository per run; page "
+        f"cache not dropped (warm); {os.cpu_count()} CPUs shared with other work (see uptime)",
+        "client: wall, CPU-s (wait4), peak RSS ("
+        + ("GNU time" if GNU_TIME else "wait4, upper bound")
+        + "); server: CPU-s (/proc/PID/stat), peak RSS (VmHWM"
+        + (", reset before each run)" if result.peak_reset else ", since start: clear_refs refused)"),
+        "bytes: on lo, both directions incl. TCP/IP headers, "
+        + (
+            "private network namespace (nothing else on lo)"
+            if result.private_net
+            else "SHARED loopback (other traffic counted too)"
+        ),
+    ]
+    header = (
+        f"{'way':<31} {'wall s':>7} {'CPU-s':>6} {'peak RSS':>9} {'srv CPU-s':>9} {'srv RSS':>8} "
+        f"{'bytes on lo':>12} {'nginx $bytes_sent':>18}"
+    )
+    lines += ["", header, "-" * len(header)]
+    for way in w.values():
+        nginx_bytes = (
+            f"{_mb(way.median(lambda r: r.nginx_bytes or 0))} ({way.runs[0].nginx_responses} resp)"
+            if way.server == "nginx"
+            else "-"
+        )
+        lines.append(
+            f"{way.label:<31} {way.wall:>7.2f} {way.median(lambda r: r.client.cpu):>6.2f} "
+            f"{way.client_peak_mb:>6.0f} MB {way.median(lambda r: r.server_cpu):>9.2f} "
+            f"{way.server_peak_mb:>5.0f} MB {_mb(way.median(lambda r: r.lo_bytes)):>12} {nginx_bytes:>18}"
+        )
+    lines.append("")
+    lines.append("all runs, wall s: " + "; ".join(
+        f"{way.key} " + " ".join(f"{r.client.wall:.2f}" for r in way.runs) for way in w.values()
+    ))  # fmt: skip
+    a = w["lanshare"].wall / w["ostree-nginx"].wall
+    b = w["ostree-lanshare"].wall / w["ostree-nginx"].wall
+    c = w["ostree-lanshare"].server_peak_mb
+    lo = {key: way.median(lambda r: r.lo_bytes) for key, way in w.items()}
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    lines += [
+        "",
+        f"(a) lanshare pull <- lanshare / ostree pull <- nginx, wall: {a:.2f} (goal <= {GOAL_A}) "
+        f"{verdict(a <= GOAL_A)}",
+        f"(b) ostree pull <- lanshare / ostree pull <- nginx, wall: {b:.2f} (goal <= {GOAL_B}) "
+        f"{verdict(b <= GOAL_B)}",
+        f"(c) lanshare serve peak RSS during (b): {c:.0f} MB (goal <= {GOAL_C_MB} MB) "
+        f"{verdict(c <= GOAL_C_MB)}",
+        f"(d) bytes on lo: (a) lanshare pull {_mb(lo['lanshare'])} vs (b) ostree pull from lanshare "
+        f"{_mb(lo['ostree-lanshare'])} (from nginx {_mb(lo['ostree-nginx'])}): "
+        f"{lo['lanshare'] / lo['ostree-lanshare']:.2f} (no goal)",
+    ]
+    lines += [f"FAILED: {failure}" for failure in result.failures]
+    return "\n".join(lines)
+
+
+def _in_private_netns(argv: Sequence[str]) -> int:
+    """Run this bench again inside ``unshare -n`` with ``lo`` up; its exit status."""
+    env = {**os.environ, NETNS_ENV: "1"}
+    pythonpath = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    inner = [sys.executable, "-m", "bench.bench_pull", *argv]
+    script = 'ip link set lo up && exec "$@"'
+    return subprocess.run(
+        ["unshare", "-n", "--", "sh", "-c", script, "sh", *inner], env=env, cwd=PROJECT_ROOT
+    ).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the bench and print the table; exit 1 if a pull failed or a pulled repository is wrong."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="entries in the generated tree")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes of file data in the tree")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tree generator")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each way of pulling (median)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the repositories")
+    parser.add_argument(
+        "--shared-net",
+        action="store_true",
+        help="stay in this network namespace (bytes on lo then include any other loopback traffic)",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.shared_net and not os.environ.get(NETNS_ENV):
+        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
+            return _in_private_netns(argv)
+        print("bench: not root or no unshare/ip: bytes on lo include other loopback traffic", file=sys.stderr)
+    workdir = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="bench-pull-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run_bench(workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), log=print)
+    except (BenchError, NginxError) as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(format_report(result, args.rounds))
+    if result.failures:
+        print("bench failed: a pulled repository is wrong (see FAILED above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
