@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from lanshare.ostree.repo import Repo
 from lanshare.upgrade import parse_deployed
 from tests.conftest import build_tree, lanshare, ostree
 from tests.gpg_fixtures import GpgKeys
+from tests.test_serve import _start as start_daemon
+from tests.test_serve import _stop as stop_daemon
 
 BASE_TIME = 1_700_000_000
 
@@ -138,7 +141,10 @@ class Machine:
         return f"{commit} {ref} {version} {(self.base / 'repo').resolve()}"
 
 
-def make_machine(base: Path, chain: Chain, upgrade: str, *, deployed: str | None = None) -> Machine:
+def make_machine(
+    base: Path, chain: Chain, upgrade: str, *, deployed: str | None = None, sources: str | None = None
+) -> Machine:
+    """A machine pulling from the origin (or ``sources``, as TOML), with ``upgrade`` as its ``[upgrade]``."""
     base.mkdir()
     hook = base / "deploy-hook"
     hook.write_text(HOOK)
@@ -150,9 +156,9 @@ def make_machine(base: Path, chain: Chain, upgrade: str, *, deployed: str | None
     config.write_text(
         f'[repo]\npath = "{base / "repo"}"\n'
         f'[database]\nurl = "sqlite:///{base / "index.sqlite"}"\n'
-        f'[origin]\nurl = "{chain.url}"\n'
-        f'[trust]\ngpg_keyring = "{chain.keyring}"\n'
-        f"[upgrade]\n{upgrade.format(hook=hook, deployed=deployed_file)}"
+        + (sources if sources is not None else f'[origin]\nurl = "{chain.url}"\n')
+        + f'[trust]\ngpg_keyring = "{chain.keyring}"\n'
+        + f"[upgrade]\n{upgrade.format(hook=hook, deployed=deployed_file)}"
     )
     return Machine(base, config, deployed_file)
 
@@ -185,6 +191,8 @@ def test_successive_runs_deploy_checkpoint_then_ref_switch_then_head(
     # The step was pulled whole and verified before the hook ran; v3 is held so the path is known.
     repo = machine.repo
     assert repo.missing_objects(chain.v2) == [] and not repo.is_partial(chain.v2)
+    # The deployed commit was only needed to compute the path: its commit object alone was fetched.
+    assert repo.has_object(chain.v1, ObjectType.COMMIT) and repo.is_partial(chain.v1)
 
     assert upgrade(machine) == 10
     assert f"deploying {chain.v3} on os/stable, version 3: head of os/stable; continue on os/stable-v2" in (
@@ -233,6 +241,28 @@ def test_one_step_json_lists_what_remains(
     assert report["status"] == "more"
     assert [s["commit"] for s in report["steps_deployed"]] == [chain.v2]
     assert [(s["commit"], s["version"]) for s in report["remaining"]] == [(chain.v3, "3"), (chain.v4, "4")]
+
+
+def test_a_lan_peer_serves_the_walk_and_the_cache_finishes_it_offline(
+    tmp_path: Path, chain: Chain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The peer is another machine's lanshare daemon holding the chain; this one has no origin.
+    shutil.copytree(chain.repo, tmp_path / "peer-repo", symlinks=True)
+    (tmp_path / "peer").mkdir()
+    peer = start_daemon(tmp_path / "peer", tmp_path / "peer-repo")
+    try:
+        sources = f'[sharing]\npeers = ["{peer.url}"]\n'
+        m = make_machine(tmp_path / "m", chain, DEPLOY_WITH_FILE, deployed=chain.v1, sources=sources)
+        assert upgrade(m) == 10
+        assert m.deployed() == chain.v2
+    finally:
+        assert stop_daemon(peer) == 0
+    # Offline now: the refs cannot be refreshed, but the rest of the path is in the cache.
+    capsys.readouterr()
+    assert upgrade(m, "--all") == 0
+    assert "could not refresh os/stable" in capsys.readouterr().err
+    assert [line.split()[0] for line in m.hook_calls()] == [chain.v2, chain.v3, chain.v4]
+    assert m.deployed() == chain.v4
 
 
 def test_a_failing_hook_stops_the_walk_and_records_nothing(
