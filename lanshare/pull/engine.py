@@ -29,14 +29,17 @@ from sqlalchemy import Engine
 from lanshare.errors import CorruptObject, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
-from lanshare.pull.errors import CommitRejected, PullError, SourceFailure
+from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
 from lanshare.pull.http import Timeouts
 from lanshare.pull.records import PeerKey, Recorder
-from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources
+from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
 from lanshare.pull.verify import TrustPolicy, VerifiedCommit, check_not_older, verify_commit
 from lanshare.wire import ObjectName
 
 log = logging.getLogger(__name__)
+
+# A fetch of at least this many objects is dealt out to every peer holding the whole commit.
+SPREAD_MIN_OBJECTS = 64
 
 Phase = Literal["metadata", "content"]
 
@@ -141,6 +144,7 @@ class _Pull:
         self.checksum = ""  # the commit being pulled, once chosen
         self.partial_marked = False
         self.rejected: list[str] = []
+        self.backing_off: set[Source] = set()
 
     # -- the whole pull --------------------------------------------------------------------
 
@@ -169,12 +173,15 @@ class _Pull:
                 await self._prepare_sources()
                 head = self.repo.read_ref(ref) if ref is not None else None
                 chosen = await self._choose(target, ref, head)
+                self._prefer_holders(chosen.checksum)
                 up_to_date = await asyncio.to_thread(self._is_complete, chosen.checksum) and (
                     ref is None or head == chosen.checksum
                 )
                 if not up_to_date:
                     await self._transaction(chosen, ref)
                 await self._credit_peers(time.monotonic() - started)
+            except (OSError, LocalWriteError) as e:
+                raise self._storage_error(e) from None
             finally:
                 # Demotions are recorded even when the pull fails before it stores anything.
                 await self.recorder.drain()
@@ -192,6 +199,18 @@ class _Pull:
             rejected=self.rejected,
         )
 
+    def _storage_error(self, error: OSError | LocalWriteError) -> LocalWriteError:
+        """One line for a write this machine could not make (a full disk, most often)."""
+        reason = str(error)
+        if isinstance(error, OSError):
+            reason = (
+                f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error)
+            )
+        return LocalWriteError(
+            f"cannot store the pull in {self.repo.path}: {reason} ({self.objects_done} objects stored "
+            "and kept; free some space, then pull again to continue)"
+        )
+
     async def _prepare_sources(self) -> None:
         """Hook up demotion, and try peers still backing off from earlier failures last."""
         late: list[Source] = []
@@ -204,6 +223,14 @@ class _Pull:
                 if until is not None and until.timestamp() > time.time():
                     late.append(source)
         self.sources = [s for s in self.sources if s not in late] + late
+        self.backing_off = set(late)
+
+    def _prefer_holders(self, checksum: str) -> None:
+        """Among the peers not backing off, those holding the whole commit go first (stable)."""
+        slots = [i for i, s in enumerate(self.sources) if s.kind == "peer" and s not in self.backing_off]
+        ranked = sorted((self.sources[i] for i in slots), key=lambda s: not s.holds_complete(checksum))
+        for slot, source in zip(slots, ranked, strict=True):
+            self.sources[slot] = source
 
     def _abandoned(self, source: Source, reason: str, bad_data: bool) -> None:
         log.info("%s: not used any more in this pull: %s", source.name, reason)
@@ -431,6 +458,8 @@ class _Pull:
             # Objects missing under a commit that looked complete: it is not, until we are done.
             await asyncio.to_thread(self._mark_partial, self.checksum)
         pending = list(names)
+        if len(pending) >= SPREAD_MIN_OBJECTS:
+            pending = await self._spread(pending)
         reasons: dict[ObjectName, list[str]] = {}
         for source in self.sources:
             if not pending:
@@ -448,20 +477,57 @@ class _Pull:
             more = f" ({len(pending) - 1} more objects missing too)" if len(pending) > 1 else ""
             raise PullError(f"no source could provide {first}: " + "; ".join(reasons[first]) + more)
 
+    async def _spread(self, names: list[ObjectName]) -> list[ObjectName]:
+        """Fetch ``names`` from every peer holding the whole commit at once; returns what none served.
+
+        The work is cut into chunks that each peer takes in turn, so a fast peer serves more; a peer
+        that fails stops taking chunks and its unserved objects go back to the normal fallback.
+        """
+        holders = [
+            s
+            for s in self.sources
+            if s.usable and s.kind == "peer" and s not in self.backing_off and s.holds_complete(self.checksum)
+        ]
+        if len(holders) < 2:
+            return names
+        parallel = self.options.parallel
+        size = max(parallel * 16, len(names) // (len(holders) * 4))
+        chunks = iter([names[i : i + size] for i in range(0, len(names), size)])
+        left: list[ObjectName] = []
+
+        peers = iter(holders)
+
+        async def serve() -> None:
+            source = next(peers)
+            for chunk in chunks:
+                missing = await source.fetch(chunk, self._sink, parallel)
+                left.extend(n for n in chunk if n in missing)
+                if not source.usable:
+                    return
+
+        await run_workers(len(holders), serve)
+        for chunk in chunks:  # chunks nobody took: every holder failed
+            left.extend(chunk)
+        return left
+
     async def _sink(self, source: Source, name: ObjectName, payload: bytes | BinaryIO) -> int:
         """Verify and store one object from ``source``; raises CorruptObject when it is wrong."""
         repo = self.repo
-        if name.kind is ObjectType.FILE:
-            if isinstance(payload, bytes):
-                await asyncio.to_thread(repo.write_filez_bytes, name.checksum, payload)
-                size = len(payload)
+        try:
+            if name.kind is ObjectType.FILE:
+                if isinstance(payload, bytes):
+                    await asyncio.to_thread(repo.write_filez_bytes, name.checksum, payload)
+                    size = len(payload)
+                else:
+                    await asyncio.to_thread(repo.write_filez, name.checksum, payload)
+                    size = payload.tell()
             else:
-                await asyncio.to_thread(repo.write_filez, name.checksum, payload)
-                size = payload.tell()
-        else:
-            data = payload if isinstance(payload, bytes) else payload.read()
-            await asyncio.to_thread(repo.write_metadata, name.kind, data, name.checksum)
-            size = len(data)
+                data = payload if isinstance(payload, bytes) else payload.read()
+                await asyncio.to_thread(repo.write_metadata, name.kind, data, name.checksum)
+                size = len(data)
+        except OSError as e:
+            # Raised as a non-OSError so the HTTP layer does not take it for a network failure.
+            raise LocalWriteError(f"{name}: {e.strerror or e}") from None
         stats = self.stats.setdefault(source.name, SourceStats())
         stats.objects += 1
         stats.bytes += size

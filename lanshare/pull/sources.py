@@ -112,10 +112,20 @@ def plan_from_config(config: Config, from_urls: Sequence[str] = ()) -> list[Plan
     plan: list[PlanEntry] = []
     for kind in config.pull.order:
         if kind == "lan":
-            plan.append(StaticPeers(config.sharing.peers))
+            plan.append(_lan_peers(config))
         elif config.origin.url is not None:
             plan.append(SourceSpec(config.origin.url, "archive", "origin"))
     return plan
+
+
+def _lan_peers(config: Config) -> PeerProvider:
+    """The peer table (fed by mDNS and the daemon's health checks) with the static peers."""
+    if not config.sharing.discovery:
+        return StaticPeers(config.sharing.peers)
+    # Imported here: lanshare.discovery.peers builds on this module.
+    from lanshare.discovery.peers import TablePeers
+
+    return TablePeers(config.database.url, config.sharing.peers)
 
 
 def base_url(url: str) -> str:
@@ -156,6 +166,10 @@ class Source:
     def usable(self) -> bool:
         """False once the source has been abandoned in this pull."""
         return self.failure is None
+
+    def holds_complete(self, checksum: str) -> bool:
+        """Whether the source said it holds ``checksum`` with its whole closure (only peers say)."""
+        return False
 
     def abandon(self, reason: str, *, bad_data: bool = False) -> None:
         """Stop using this source for the rest of the pull (the first reason is kept)."""
@@ -274,8 +288,13 @@ class PeerSource(Source):
         collection_id = info.get("collection_id")
         self.collection_id = collection_id if isinstance(collection_id, str) else None
         self.refs = _info_refs(info)
+        self.complete_commits = _complete_commits(info)
         if spec.name is None and self.node_id:
             self.name = f"{self.node_id} ({self.url})"
+
+    def holds_complete(self, checksum: str) -> bool:
+        """Whether /lanshare/v1/info listed ``checksum`` as complete (not commit-only)."""
+        return checksum in self.complete_commits
 
     async def resolve_ref(self, ref: str) -> str | None:
         """The ref as /lanshare/v1/info reported it, else as the peer's archive layout has it."""
@@ -365,6 +384,16 @@ def _info_refs(info: dict[str, object]) -> dict[str, str]:
     else:
         return {}
     return {r: c for r, c in pairs if isinstance(r, str) and isinstance(c, str) and is_checksum(c)}
+
+
+def _complete_commits(info: dict[str, object]) -> frozenset[str]:
+    """Commits an info document lists as complete: ``{"commits": {checksum: {"complete": true}}}``."""
+    commits = info.get("commits")
+    if not isinstance(commits, dict):
+        return frozenset()
+    return frozenset(
+        c for c, d in commits.items() if isinstance(d, dict) and d.get("complete") is True and is_checksum(c)
+    )
 
 
 async def probe_info(session: aiohttp.ClientSession, url: str, timeouts: Timeouts) -> dict[str, object]:
