@@ -19,6 +19,10 @@ class CommitRejected(PullError):
         self.intrinsic = intrinsic
 
 
+class LocalWriteError(PullError):
+    """This machine cannot store what it fetched (disk full, read-only…): no source is at fault."""
+
+
 class SourceFailure(Exception):
     """One source failed for one request: transport, HTTP status, protocol or bad data."""
 

@@ -16,7 +16,7 @@ import aiohttp
 from lanshare.errors import CorruptObject
 from lanshare.ostree import content
 from lanshare.ostree.objects import MAX_METADATA_SIZE
-from lanshare.pull.errors import SourceFailure
+from lanshare.pull.errors import LocalWriteError, SourceFailure
 
 # Objects up to this size stay in memory between download and verification; larger ones spool
 # to an unlinked file in the repository's tmp/ (same filesystem, cleaned up by the kernel).
@@ -117,7 +117,11 @@ class ObjectBuffer:
             self._learn_limit()
         if self.size > self._limit:
             raise CorruptObject(self.where, f"longer than the {self._limit} bytes it can be")
-        self._file.write(chunk)
+        try:
+            self._file.write(chunk)
+        except OSError as e:
+            # Our disk, not the source: must not be mistaken for a network failure and demote it.
+            raise LocalWriteError(f"{self.where}: {e.strerror or e}") from None
 
     async def write_async(self, chunk: bytes) -> None:
         """:meth:`write` as a body callback."""

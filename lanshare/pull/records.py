@@ -190,7 +190,8 @@ class Recorder:
         try:
             await asyncio.to_thread(function, *args)
         except SQLAlchemyError as e:
-            log.warning("could not update the index: %s", e)
+            # SQLAlchemy's message spans lines (SQL, parameters, a link): the first says what failed.
+            log.warning("could not update the index: %s", str(e).splitlines()[0])
 
 
 def _peer_row(session: Session, key: PeerKey) -> Peer:
