@@ -161,6 +161,11 @@ def _add_retention(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_lazy("reindex", "run_reindex"))
 
 
+def _add_peers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("peers", parents=[_common()], help="list the peers found on the LAN or configured")
+    p.set_defaults(handler=_lazy("peers", "run_peers"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one subcommand per DESIGN §7 command implemented so far."""
     from lanshare import __version__
@@ -174,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_retention(sub)
     _add_summary(sub)
     _add_network(sub)
+    _add_peers(sub)
     return parser
 
 
