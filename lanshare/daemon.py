@@ -21,11 +21,15 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import Engine
 
+from lanshare import sdnotify
+from lanshare.background import Background
 from lanshare.config import Config, ListenAddress
 from lanshare.errors import Error
+from lanshare.index import sync
 from lanshare.index.db import open_index
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
+from lanshare.power import SharingSwitch
 from lanshare.server import LanLimits, create_lan_app
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,10 @@ REPO = web.AppKey("repo", Repo)
 INDEX = web.AppKey("index", Engine)
 LAN_APP = web.AppKey("lan_app", web.Application)
 LAN_ADDRESS = web.AppKey("lan_address", ListenAddress)
+# Whether this node shares right now ([sharing] share_on_battery / share_on_metered): the LAN
+# listener answers 503 while it is paused, and mDNS advertising subscribes to withdraw the adverts.
+SHARING = web.AppKey("sharing", SharingSwitch)
+BACKGROUND = web.AppKey("background", Background)
 
 NODE_ID_FILE = "node-id"
 # Where the bound LAN address ("host:port") is written once listening: with port 0 it is the
@@ -117,6 +125,12 @@ async def _index(app: web.Application) -> AsyncIterator[None]:
     # Migrating and backing up block: off the event loop.
     engine = await asyncio.to_thread(open_index, app[CONFIG].database.url)
     app[INDEX] = engine
+    # A pull killed with its daemon (or a CLI pull killed) left its transfer "running" for ever.
+    stale = await asyncio.to_thread(
+        sync.interrupt_running_transfers, engine, "interrupted: the process stopped during the pull"
+    )
+    if stale:
+        log.info("%d transfers left running by a stopped process marked failed", stale)
     try:
         yield
     finally:
@@ -128,6 +142,8 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
     listen = config.sharing.listen
     limits = LanLimits.from_config(config.sharing)
     lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
+    # Outermost: while sharing is paused nothing else runs, not even the connection limit.
+    lan_app.middlewares.insert(0, app[SHARING].middleware())
     runner = web.AppRunner(lan_app, **limits.runner_kwargs())
     await runner.setup()
     address_file = config.state_dir / LAN_ADDRESS_FILE
@@ -149,13 +165,59 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    switch = app[SHARING]
+    await switch.check()  # before the first peer gets an answer it should not
+    watcher = asyncio.create_task(switch.watch(), name="power and network watch")
+    try:
+        async with Background(config, app[REPO], app[INDEX], app[NODE_ID]) as background:
+            app[BACKGROUND] = background
+            yield
+    finally:
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _service_manager(app: web.Application) -> AsyncIterator[None]:
+    # Last entry: everything above is up when READY=1 goes out, and STOPPING=1 is the first
+    # thing shutdown does.  Outside systemd (no $NOTIFY_SOCKET) this does nothing.
+    lan = app[LAN_ADDRESS]
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {lan}")
+    watchdog: asyncio.Task[None] | None = None
+    if (interval := sdnotify.watchdog_interval()) is not None:
+        watchdog = asyncio.create_task(_watchdog(interval), name="systemd watchdog")
+    try:
+        yield
+    finally:
+        sdnotify.notify("STOPPING=1\nSTATUS=stopping")
+        if watchdog is not None:
+            watchdog.cancel()
+            with suppress(asyncio.CancelledError):
+                await watchdog
+
+
+async def _watchdog(interval: float) -> None:
+    # Pinged from the event loop itself: a loop stuck on a blocking call misses the deadline and
+    # systemd restarts the daemon.
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 def create_app(config: Config) -> web.Application:
     """The daemon application: node id, repository, index and the LAN listener, in start order."""
     app = web.Application()
     app[CONFIG] = config
+    app[SHARING] = SharingSwitch(config.sharing)
     app.cleanup_ctx.extend([_node_id, _repo, _index, _lan_listener])
     # Next, each its own cleanup_ctx entry after the LAN listener: the status listener (this
     # application itself, served on [status] listen) and mDNS advertising/discovery.
+    # Then background work (origin poll, LAN convergence, retention), once peers can be found…
+    app.cleanup_ctx.append(_background)
+    # …and, always last, telling systemd we are ready (and, first on shutdown, stopping).
+    app.cleanup_ctx.append(_service_manager)
     return app
 
 
