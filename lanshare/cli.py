@@ -161,6 +161,13 @@ def _add_retention(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(handler=_lazy("reindex", "run_reindex"))
 
 
+def _add_status(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("status", help="show the running daemon's status (its status page, as text)")
+    p.add_argument("--config", type=Path, help="configuration file (default /etc/lanshare/lanshare.toml)")
+    p.add_argument("--json", action="store_true", help="print the /api/v1/status JSON document")
+    p.set_defaults(handler=_lazy("status", "run_status"))
+
+
 def _add_peers(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("peers", parents=[_common()], help="list the peers found on the LAN or configured")
     p.set_defaults(handler=_lazy("peers", "run_peers"))
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_summary(sub)
     _add_network(sub)
     _add_peers(sub)
+    _add_status(sub)
     return parser
 
 

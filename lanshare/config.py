@@ -936,5 +936,9 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     sections = {
         name: cls(**(defaults.get(name, {}) | values.values[name])) for name, cls in _SECTIONS.items()
     }
+    if ("status", "listen") not in values.origins and sections["sharing"].listen.port == 0:
+        # An ad-hoc daemon on a free LAN port (tests, a second daemon on one machine) gets a free
+        # status port too, instead of colliding on the default one; <state>/status-address names it.
+        sections["status"] = StatusConfig(ListenAddress(sections["status"].listen.host, 0))
     _check_listeners(values, sections["sharing"].listen, sections["status"].listen)
     return Config(state_dir=state_dir, pins=tuple(values.pins), files=tuple(files), **sections)

@@ -1,0 +1,1 @@
+"""The status listener: HTML page, JSON API and Prometheus metrics (DESIGN §5)."""

@@ -1,0 +1,167 @@
+"""The status listener: the HTML page, ``/api/v1/status`` and ``/metrics`` on ``[status] listen``.
+
+Its own application and runner, started by the daemon's ``status_listener_ctx`` entry after the
+LAN listener (so it can report the LAN address and served bytes).  Read-only, GET/HEAD only, and
+meant for 127.0.0.1: a Host check refuses names other than an address literal, ``localhost`` or the
+configured host, so a web page elsewhere cannot read it through DNS rebinding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from lanshare.config import ListenAddress
+from lanshare.server.lan import LEDGER
+from lanshare.server.limits import PeerStats
+from lanshare.status.metrics import CONTENT_TYPE, render_metrics
+from lanshare.status.model import StatusCollector, StatusSources
+from lanshare.status.page import render_page
+from lanshare.status.recent import RecentErrors
+from lanshare.status.svg import chain_svg
+
+log = logging.getLogger(__name__)
+
+COLLECTOR = web.AppKey("status_collector", StatusCollector)
+_ALLOWED_HOSTS = web.AppKey("status_allowed_hosts", frozenset)
+STATUS_APP = web.AppKey("status_app", web.Application)
+STATUS_ADDRESS = web.AppKey("status_address", ListenAddress)
+# Where the bound status address ("host:port") is written once listening, as for the LAN
+# listener: `lanshare status` reads it, and with port 0 it is the only way to learn the port.
+STATUS_ADDRESS_FILE = "status-address"
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:",
+}
+
+
+def _host_allowed(host_header: str | None, allowed: frozenset[str]) -> bool:
+    if not host_header:
+        return True  # HTTP/1.0 clients and curl --http1.0 send none; no browser does
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower()
+    if host in allowed:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _host_allowed(request.headers.get("Host"), request.app[_ALLOWED_HOSTS]):
+        return web.Response(status=421, text="unknown Host: use the address itself or localhost\n")
+    response = await handler(request)
+    response.headers.update(_HEADERS)
+    return response
+
+
+async def _page(request: web.Request) -> web.Response:
+    status = await request.app[COLLECTOR].snapshot()
+    return web.Response(text=render_page(status), content_type="text/html", charset="utf-8")
+
+
+async def _api_status(request: web.Request) -> web.Response:
+    status = await request.app[COLLECTOR].snapshot()
+    return web.Response(
+        text=json.dumps(status, indent=2, sort_keys=True) + "\n", content_type="application/json"
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    status = await request.app[COLLECTOR].snapshot()
+    response = web.Response(body=render_metrics(status))
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+async def _chain_svg(request: web.Request) -> web.Response:
+    status = await request.app[COLLECTOR].snapshot()
+    svg = chain_svg(status["chain"], [r["name"] for r in status["refs"]])
+    if not svg.startswith("<svg"):
+        svg = '<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"></svg>'
+    return web.Response(text=svg, content_type="image/svg+xml")
+
+
+def create_status_app(collector: StatusCollector, listen_host: str) -> web.Application:
+    """The status application over ``collector``'s snapshots."""
+    app = web.Application(middlewares=[_guard])
+    app[COLLECTOR] = collector
+    app[_ALLOWED_HOSTS] = frozenset({"localhost", listen_host.lower()})
+    app.router.add_get("/", _page)
+    app.router.add_get("/api/v1/status", _api_status)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/chain.svg", _chain_svg)
+    return app
+
+
+def _write_address(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def status_listener_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Daemon ``cleanup_ctx`` entry: serve the status application on ``[status] listen``."""
+    # Imported here: lanshare.daemon imports this module to list this entry.
+    from lanshare import daemon
+
+    config = app[daemon.CONFIG]
+    listen = config.status.listen
+    errors = RecentErrors()
+    logging.getLogger().addHandler(errors)
+    lan_app = app.get(daemon.LAN_APP)
+
+    def served() -> dict[str, PeerStats]:
+        return lan_app[LEDGER].snapshot() if lan_app is not None else {}
+
+    def lan_address() -> str | None:
+        address = app.get(daemon.LAN_ADDRESS)
+        return str(address) if address is not None else None
+
+    def status_address() -> str | None:
+        address = app.get(STATUS_ADDRESS)
+        return str(address) if address is not None else None
+
+    sources = StatusSources(
+        config,
+        app[daemon.NODE_ID],
+        app[daemon.REPO],
+        app[daemon.INDEX],
+        errors,
+        lan_address=lan_address,
+        status_address=status_address,
+        served=served,
+    )
+    status_app = create_status_app(StatusCollector(sources), listen.host)
+    runner = web.AppRunner(status_app, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    address_file = config.state_dir / STATUS_ADDRESS_FILE
+    try:
+        try:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        except OSError as e:
+            raise daemon.DaemonError(f"cannot listen on {listen} ([status] listen): {e.strerror or e}") from e
+        host, port = runner.addresses[0][:2]
+        app[STATUS_APP] = status_app
+        app[STATUS_ADDRESS] = bound = ListenAddress(host, port)
+        await asyncio.to_thread(_write_address, address_file, f"{bound}\n")
+        log.info("status page on http://%s/ (JSON at /api/v1/status, metrics at /metrics)", bound)
+        yield
+    finally:
+        with suppress(FileNotFoundError):
+            address_file.unlink()
+        await runner.cleanup()
+        logging.getLogger().removeHandler(errors)

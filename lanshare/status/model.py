@@ -1,0 +1,444 @@
+"""The status snapshot: everything the status page, ``/api/v1/status`` and ``/metrics`` show.
+
+One snapshot is a plain JSON-ready dictionary whose shape is documented in ``status-schema.json``
+(next to this module) and checked by the tests.  Building it reads the repository (refs, commit
+objects, object sizes for retention) and the index (peers, transfers); both block, so
+:class:`StatusCollector` runs them in a worker thread and keeps the repository part until the refs
+or the deployed commit change (or ``REPO_TTL`` passes), since a retention plan stats every object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from lanshare import __version__
+from lanshare.commands.prune import policy_for
+from lanshare.config import Config
+from lanshare.context import Context
+from lanshare.errors import CorruptObject, Error, MissingObject
+from lanshare.index import sync
+from lanshare.index.models import Peer, Transfer, TransferState
+from lanshare.ostree.commit_tree import CHECKPOINT_SOURCE_KEY
+from lanshare.ostree.repo import Repo
+from lanshare.retention import PIN_REF_PREFIX, plan_retention
+from lanshare.server.limits import PeerStats
+from lanshare.status.recent import RecentErrors
+from lanshare.update_path import CommitInfo, PathError, RepoGraph, compute_path
+
+SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).with_name("status-schema.json")
+# The repository part is recomputed at least this often even when no ref moved (prune, pins).
+REPO_TTL = 30.0
+# Requests within this long of each other share one snapshot (a page load plus a scrape).
+SNAPSHOT_TTL = 1.0
+# Transfers shown: every running one, plus this many of the most recent finished ones.
+RECENT_TRANSFERS = 20
+_CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
+_DEPLOYED_COMMAND_TIMEOUT = 10.0
+
+Json = dict[str, Any]
+
+
+class _DaemonContext(Context):
+    """The command-line :class:`Context` over the daemon's already open repository and index."""
+
+    def __init__(self, config: Config, repo: Repo, engine: Engine) -> None:
+        super().__init__(config, repo.path)
+        # cached_property values live in the instance dict: pre-fill them with what is open.
+        self.__dict__["repo"] = repo
+        self.__dict__["index"] = engine
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat() if when is not None else None
+
+
+def _ts(seconds: int | None) -> str | None:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat() if seconds is not None else None
+
+
+# -- the deployed commit ---------------------------------------------------------------------------
+
+
+def read_deployed(config: Config) -> Json:
+    """What ``[upgrade]`` says is deployed: ``{"commit", "source", "error"}``."""
+    upgrade = config.upgrade
+    if upgrade.deployed_commit_file is not None:
+        source = str(upgrade.deployed_commit_file)
+        try:
+            text = upgrade.deployed_commit_file.read_text(errors="replace").strip()
+        except OSError as e:
+            return {"commit": None, "source": source, "error": f"cannot read {source}: {e.strerror or e}"}
+    elif upgrade.deployed_commit_command is not None:
+        source = " ".join(upgrade.deployed_commit_command)
+        try:
+            done = subprocess.run(
+                upgrade.deployed_commit_command,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=_DEPLOYED_COMMAND_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return {"commit": None, "source": source, "error": f"{source}: {e}"}
+        if done.returncode != 0:
+            return {"commit": None, "source": source, "error": f"{source} exited {done.returncode}"}
+        text = done.stdout.strip()
+    else:
+        return {"commit": None, "source": None, "error": None}
+    first = text.split()[0].lower() if text.split() else ""
+    if not _CHECKSUM_RE.fullmatch(first):
+        return {"commit": None, "source": source, "error": f"{source} does not hold a commit checksum"}
+    return {"commit": first, "source": source, "error": None}
+
+
+# -- the repository part ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    """A held commit with what the page shows of it."""
+
+    info: CommitInfo
+    subject: str
+    source: str | None  # lanshare.checkpoint-source
+
+
+def _load(repo: Repo, checksum: str, partial: set[str], cache: dict[str, _Held | None]) -> _Held | None:
+    if checksum not in cache:
+        try:
+            commit = repo.load_commit(checksum, verify=False)
+        except (MissingObject, CorruptObject):
+            cache[checksum] = None
+        else:
+            source = commit.meta_value(CHECKPOINT_SOURCE_KEY)
+            cache[checksum] = _Held(
+                CommitInfo.from_commit(checksum, commit, complete=checksum not in partial),
+                commit.subject,
+                source if isinstance(source, str) else None,
+            )
+    return cache[checksum]
+
+
+def _history(repo: Repo, head: str, partial: set[str], cache: dict[str, _Held | None]) -> list[_Held]:
+    """The held commits from ``head`` back through parents, newest first."""
+    chain: list[_Held] = []
+    seen: set[str] = set()
+    checksum: str | None = head
+    while checksum is not None and checksum not in seen:
+        held = _load(repo, checksum, partial, cache)
+        if held is None:
+            break
+        seen.add(checksum)
+        chain.append(held)
+        checksum = held.info.parent
+    return chain
+
+
+def followed_refs(config: Config, refs: dict[str, str]) -> list[str]:
+    """``[origin] refs`` first, then every other ref held (pin refs are bookkeeping, not shown)."""
+    names = list(config.origin.refs)
+    names += sorted(r for r in refs if r not in names and not r.startswith(PIN_REF_PREFIX))
+    return names
+
+
+def _path(repo: Repo, deployed: Json) -> Json:
+    commit = deployed["commit"]
+    if commit is None:
+        return {"path": None, "path_error": None, "missing": []}
+    try:
+        path = compute_path(RepoGraph(repo), commit)
+    except PathError as e:
+        return {"path": None, "path_error": str(e), "missing": e.missing}
+    except Error as e:
+        return {"path": None, "path_error": str(e), "missing": []}
+    return {"path": path.to_json(), "path_error": None, "missing": []}
+
+
+def repo_part(config: Config, repo: Repo, engine: Engine, deployed: Json, now: float) -> Json:
+    """Refs, the checkpoint chain, pins, retention reasons, disk use and the update path (blocking)."""
+    refs = {ref: commit for (_, ref), commit in repo.list_collection_refs().items()}
+    partial = repo.partial_commits()
+    cache: dict[str, _Held | None] = {}
+    context = _DaemonContext(config, repo, engine)
+    plan = plan_retention(repo, policy_for(context))
+    evicted = set(plan.evicted)
+    path = _path(repo, deployed)
+    steps = {s["commit"]: n for n, s in enumerate(path["path"]["steps"], 1)} if path["path"] else {}
+
+    ref_rows: list[Json] = []
+    commits: dict[str, Json] = {}
+    lanes: dict[str, list[str]] = {}
+    configured = set(config.origin.refs)
+    for ref in followed_refs(config, refs):
+        head = refs.get(ref)
+        history = _history(repo, head, partial, cache) if head else []
+        lanes[ref] = []
+        for held in history:
+            info = held.info
+            if info.checksum in commits:
+                continue  # shared history: drawn on the first ref that reaches it
+            lanes[ref].append(info.checksum)
+            commits[info.checksum] = {
+                "checksum": info.checksum,
+                "ref": ref,
+                "parent": info.parent,
+                "timestamp": _ts(info.timestamp),
+                "version": info.version,
+                "subject": held.subject,
+                "checkpoint": info.checkpoint,
+                "target": info.target,
+                "checkpoint_source": held.source,
+                "complete": info.complete,
+                "kept": plan.full.get(info.checksum, []),
+                "commit_only": plan.commit_only.get(info.checksum, []),
+                "evictable": info.checksum in evicted,
+                "deployed": info.checksum == deployed["commit"],
+                "path_step": steps.get(info.checksum),
+            }
+        head_info = history[0].info if history else None
+        ref_rows.append(
+            {
+                "name": ref,
+                "configured": ref in configured,
+                "held": head is not None,
+                "head": head,
+                "version": head_info.version if head_info else None,
+                "timestamp": _ts(head_info.timestamp) if head_info else None,
+                "commits": len(history),
+                "checkpoints": sum(1 for h in history if h.info.is_checkpoint),
+            }
+        )
+
+    switches: list[Json] = []
+    for checksum, row in commits.items():
+        target = row["target"]
+        if not target or target not in lanes:
+            continue
+        lane = lanes[target]
+        # The new ref's first commit names the way back (lanshare.checkpoint-source); without it the
+        # switch lands on the oldest commit held on the target ref.
+        landing = next(
+            (c for c in lane if commits[c]["checkpoint_source"] == f"{row['ref']}@{checksum}"), None
+        )
+        switches.append(
+            {
+                "from_ref": row["ref"],
+                "from_commit": checksum,
+                "to_ref": target,
+                "to_commit": landing or (lane[-1] if lane else None),
+            }
+        )
+
+    pins: list[Json] = [
+        {"ref_glob": p.ref, "commit": p.commit, "reason": p.reason, "source": "config"} for p in config.pins
+    ]
+    pins += [
+        {"ref_glob": p.ref_glob, "commit": p.commit, "reason": p.reason, "source": "index"}
+        for p in sync.pin_rules(engine)
+    ]
+    used = sum(plan.sizes.values())
+    max_size = config.retention.max_size
+    return {
+        "refs": ref_rows,
+        "chain": {"commits": list(commits.values()), "switches": switches},
+        "pins": pins,
+        "disk": {
+            "used_bytes": used,
+            "max_bytes": max_size,
+            "kept_bytes": plan.bytes_kept,
+            "evictable_bytes": plan.bytes_freed,
+            "used_fraction": round(used / max_size, 4),
+            "objects": len(plan.sizes),
+        },
+        "path": path["path"],
+        "path_error": path["path_error"],
+        "missing": path["missing"],
+        "computed_at": _ts(int(now)),
+    }
+
+
+# -- the index part --------------------------------------------------------------------------------
+
+
+def _peer_health(peer: Peer, now: dt.datetime) -> str:
+    if peer.backoff_until is not None and peer.backoff_until > now:
+        return "backing off"
+    return "healthy" if peer.healthy else "failing"
+
+
+def index_part(engine: Engine, served: dict[str, PeerStats]) -> Json:
+    """Peers, transfers and where pulled bytes came from (blocking)."""
+    now = dt.datetime.now(dt.UTC)
+    with Session(engine) as session:
+        peer_rows = list(session.scalars(select(Peer).order_by(Peer.last_seen.desc())))
+        running = list(
+            session.scalars(
+                select(Transfer).where(Transfer.state == TransferState.RUNNING).order_by(Transfer.id.desc())
+            )
+        )
+        finished = list(
+            session.scalars(
+                select(Transfer)
+                .where(Transfer.state != TransferState.RUNNING)
+                .order_by(Transfer.id.desc())
+                .limit(RECENT_TRANSFERS)
+            )
+        )
+        pulled_total = session.scalar(select(func.coalesce(func.sum(Transfer.bytes_done), 0))) or 0
+    peers: list[Json] = []
+    unclaimed = dict(served)
+    for peer in peer_rows:
+        # The LAN listener counts bytes per client IP since start; add them to what the index kept.
+        sent_now = sum(unclaimed.pop(a).bytes_out for a in peer.addresses if a in unclaimed)
+        peers.append(
+            {
+                "node_id": peer.node_id,
+                "addresses": list(peer.addresses),
+                "port": peer.port,
+                "health": _peer_health(peer, now),
+                "failures": peer.failures,
+                "backoff_until": _iso(peer.backoff_until),
+                "last_seen": _iso(peer.last_seen),
+                "bytes_in": peer.bytes_in,
+                "bytes_out": peer.bytes_out + sent_now,
+                "last_rate": peer.last_rate,
+                "refs": len(peer.holdings),
+                "newest_checkpoint": peer.newest_checkpoint,
+            }
+        )
+    transfers = [_transfer(t) for t in running + finished]
+    from_peers = sum(p.bytes_in for p in peer_rows)
+    # Pulls record their bytes per transfer and peers' shares per peer; what no peer served came
+    # from the origin (or another non-peer source given with --from).
+    from_origin = max(int(pulled_total) - from_peers, 0)
+    total = from_peers + from_origin
+    return {
+        "peers": peers,
+        "transfers": transfers,
+        "savings": {
+            "from_peers_bytes": from_peers,
+            "from_origin_bytes": from_origin,
+            "total_bytes": total,
+            "saved_percent": round(100 * from_peers / total, 1) if total else None,
+        },
+        "served": {
+            "bytes": sum(s.bytes_out for s in served.values()),
+            "requests": sum(s.requests for s in served.values()),
+            "clients": len(served),
+        },
+    }
+
+
+def _transfer(t: Transfer) -> Json:
+    fraction: float | None = None
+    if t.state is TransferState.DONE:
+        fraction = 1.0
+    elif t.objects_total:
+        fraction = round(min(t.objects_done / t.objects_total, 1.0), 4)
+    return {
+        "id": t.id,
+        "commit": t.commit,
+        "ref": t.ref,
+        "source": t.source,
+        "state": t.state.value,
+        "objects_done": t.objects_done,
+        "objects_total": t.objects_total,
+        "bytes_done": t.bytes_done,
+        "bytes_total": t.bytes_total,
+        "progress": fraction,
+        "started_at": _iso(t.started_at),
+        "finished_at": _iso(t.finished_at),
+        "error": t.error,
+    }
+
+
+# -- the collector ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StatusSources:
+    """What the snapshot is read from: the daemon's open resources."""
+
+    config: Config
+    node_id: str
+    repo: Repo
+    index: Engine
+    errors: RecentErrors
+    lan_address: Callable[[], str | None] = lambda: None
+    status_address: Callable[[], str | None] = lambda: None
+    served: Callable[[], dict[str, PeerStats]] = dict
+
+
+@dataclass
+class StatusCollector:
+    """Builds snapshots, sharing the costly repository part while nothing in it changed."""
+
+    sources: StatusSources
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _repo_key: object = None
+    _repo_at: float = 0.0
+    _repo_part: Json | None = None
+    _snapshot: Json | None = None
+    _snapshot_at: float = 0.0
+
+    async def snapshot(self) -> Json:
+        """The current status (at most SNAPSHOT_TTL old)."""
+        async with self._lock:
+            now = time.monotonic()
+            if self._snapshot is None or now - self._snapshot_at >= SNAPSHOT_TTL:
+                self._snapshot = await asyncio.to_thread(self._build)
+                self._snapshot_at = time.monotonic()
+            return self._snapshot
+
+    def _build(self) -> Json:
+        src = self.sources
+        deployed = read_deployed(src.config)
+        key = (
+            frozenset(src.repo.list_collection_refs().items()),
+            deployed["commit"],
+        )
+        now = time.monotonic()
+        if self._repo_part is None or key != self._repo_key or now - self._repo_at >= REPO_TTL:
+            self._repo_part = repo_part(src.config, src.repo, src.index, deployed, time.time())
+            self._repo_key, self._repo_at = key, now
+        part = self._repo_part
+        index = index_part(src.index, src.served())
+        ref = part["path"]["ref"] if part["path"] else None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(),
+            "node_id": src.node_id,
+            "version": __version__,
+            "listeners": {"lan": src.lan_address(), "status": src.status_address()},
+            "repo": {"path": str(src.repo.path), "collection_id": src.repo.collection_id},
+            "deployed": {
+                **deployed,
+                "ref": ref,
+                "path": part["path"],
+                "path_error": part["path_error"],
+                "missing": part["missing"],
+            },
+            "refs": part["refs"],
+            "chain": part["chain"],
+            "pins": part["pins"],
+            "disk": part["disk"],
+            "repo_computed_at": part["computed_at"],
+            **index,
+            "errors": {
+                "recent": [e.to_json() for e in src.errors.entries()],
+                "totals": dict(src.errors.total),
+            },
+        }

@@ -1,0 +1,156 @@
+"""The checkpoint chain as an inline SVG: one lane per ref, commits oldest to newest, left to right.
+
+Marks: a diamond is a checkpoint (``lanshare.checkpoint`` or a ref switch), a dashed arrow is a ref
+switch to the lane of the target ref, a thick ring is the deployed commit, a number above a commit
+is its place on the update path.  Fill says what retention does with the commit: solid (kept with
+its tree), hollow (commit object only), grey (evictable when space runs out).  Every commit
+carries a ``<title>`` (hover text) with its checksum, version, subject and why it is kept.
+Text is escaped: subjects and ref names come from publishers and peers.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+# Commits drawn per ref besides the ones that matter for the path (checkpoints, the deployed
+# commit, path steps): a long history would make the picture unreadable.
+MAX_PLAIN_PER_REF = 24
+_LANE_H = 64
+_STEP_W = 58
+_LEFT = 150
+_TOP = 34
+_R = 9
+
+
+def _short(checksum: str) -> str:
+    return checksum[:8]
+
+
+def _title(commit: dict[str, Any]) -> str:
+    lines = [commit["checksum"], f"ref {commit['ref']}"]
+    if commit["version"]:
+        lines.append(f"version {commit['version']}")
+    if commit["subject"]:
+        lines.append(commit["subject"])
+    if commit["timestamp"]:
+        lines.append(commit["timestamp"])
+    if commit["checkpoint"]:
+        lines.append("checkpoint")
+    if commit["target"]:
+        lines.append(f"continue on {commit['target']}")
+    for reason in commit["kept"]:
+        lines.append(f"kept: {reason}")
+    for reason in commit["commit_only"]:
+        lines.append(f"commit object kept: {reason}")
+    if commit["evictable"]:
+        lines.append("evictable when space runs out")
+    return "\n".join(lines)
+
+
+def _fate(commit: dict[str, Any]) -> str:
+    if commit["kept"]:
+        return "kept"
+    if commit["commit_only"]:
+        return "commit-only"
+    return "evictable"
+
+
+def _drawn(commits: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The commits worth drawing: every one that matters for the path, plus the newest of each ref."""
+    plain_seen: dict[str, int] = {}
+    keep: set[str] = set()
+    # Commits arrive newest first within each ref.
+    for commit in commits:
+        important = commit["checkpoint"] or commit["target"] or commit["deployed"] or commit["path_step"]
+        count = plain_seen.get(commit["ref"], 0)
+        if important or count < MAX_PLAIN_PER_REF:
+            keep.add(commit["checksum"])
+        if not important:
+            plain_seen[commit["ref"]] = count + 1
+    drawn = [c for c in commits if c["checksum"] in keep]
+    return drawn, len(commits) - len(drawn)
+
+
+def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
+    """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``."""
+    drawn, hidden = _drawn(chain["commits"])
+    lanes = [r for r in refs if any(c["ref"] == r for c in drawn)]
+    if not drawn:
+        return '<p class="empty">No commits held yet.</p>'
+    # Oldest to newest across all refs, so a switch always points right.
+    order = sorted(drawn, key=lambda c: (c["timestamp"] or "", c["checksum"]))
+    x = {c["checksum"]: _LEFT + i * _STEP_W for i, c in enumerate(order)}
+    y = {ref: _TOP + i * _LANE_H for i, ref in enumerate(lanes)}
+    width = _LEFT + len(order) * _STEP_W + 20
+    height = _TOP + len(lanes) * _LANE_H
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chain" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="checkpoint chain">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#b45309"/>'
+        "</marker></defs>",
+    ]
+    for ref in lanes:
+        out.append(
+            f'<text class="lane" x="8" y="{y[ref] + 4}" data-ref="{escape(ref)}">{escape(ref)}</text>'
+            f'<line x1="{_LEFT - 20}" y1="{y[ref]}" x2="{width - 10}" y2="{y[ref]}" class="lane-line"/>'
+        )
+    by_checksum = {c["checksum"]: c for c in drawn}
+    for commit in drawn:
+        parent = by_checksum.get(commit["parent"] or "")
+        if parent is not None:
+            out.append(
+                f'<line class="parent" x1="{x[parent["checksum"]]}" y1="{y[parent["ref"]]}" '
+                f'x2="{x[commit["checksum"]]}" y2="{y[commit["ref"]]}"/>'
+            )
+    for switch in chain["switches"]:
+        start, end = by_checksum.get(switch["from_commit"]), by_checksum.get(switch["to_commit"] or "")
+        if start is None or end is None:
+            continue
+        x1, y1, x2, y2 = x[start["checksum"]], y[start["ref"]], x[end["checksum"]], y[end["ref"]]
+        out.append(
+            f'<path class="switch" d="M{x1},{y1} C{x1 + 30},{y1} {x2 - 30},{y2} {x2 - _R - 2},{y2}" '
+            f'marker-end="url(#arrow)" data-from="{escape(switch["from_ref"])}" '
+            f'data-to="{escape(switch["to_ref"])}"><title>{escape(switch["from_ref"])} → '
+            f"{escape(switch['to_ref'])}</title></path>"
+        )
+    for commit in drawn:
+        out.append(_node(commit, x[commit["checksum"]], y[commit["ref"]]))
+    out.append("</svg>")
+    if hidden:
+        out.append(f'<p class="note">{hidden} older plain commits not drawn.</p>')
+    return "".join(out)
+
+
+def _node(commit: dict[str, Any], cx: int, cy: int) -> str:
+    checkpoint = bool(commit["checkpoint"] or commit["target"])
+    classes = ["commit", _fate(commit)]
+    if checkpoint:
+        classes.append("checkpoint")
+    if commit["target"]:
+        classes.append("ref-switch")
+    if commit["deployed"]:
+        classes.append("deployed")
+    if commit["path_step"]:
+        classes.append("on-path")
+    attrs = (
+        f'class="{" ".join(classes)}" data-commit="{commit["checksum"]}" '
+        f'data-checkpoint="{"true" if checkpoint else "false"}"'
+    )
+    if checkpoint:
+        s = _R + 2
+        shape = f'<polygon points="{cx},{cy - s} {cx + s},{cy} {cx},{cy + s} {cx - s},{cy}"/>'
+    else:
+        shape = f'<circle cx="{cx}" cy="{cy}" r="{_R}"/>'
+    label = commit["version"] or _short(commit["checksum"])
+    if len(label) > 10:
+        label = label[:9] + "…"
+    parts = [f"<g {attrs}><title>{escape(_title(commit))}</title>", shape]
+    if commit["deployed"]:
+        parts.append(f'<circle class="deployed-ring" cx="{cx}" cy="{cy}" r="{_R + 6}"/>')
+    parts.append(f'<text class="label" x="{cx}" y="{cy + 26}">{escape(label)}</text>')
+    if commit["path_step"]:
+        parts.append(f'<text class="step" x="{cx}" y="{cy - 17}">{commit["path_step"]}</text>')
+    parts.append("</g>")
+    return "".join(parts)
