@@ -374,7 +374,7 @@ async def find_path(fetcher: Fetcher, start: str, ref: str) -> UpdatePath:
 class UpgradeReport:
     """What one ``lanshare upgrade`` run did (the ``--json`` document)."""
 
-    deployed_before: str
+    deployed_before: str | None  # None when it could not be read
     ref: str | None = None
     steps_deployed: list[Step] = field(default_factory=list)
     remaining: list[Step] = field(default_factory=list)
@@ -457,7 +457,14 @@ class Upgrade:
 
     def _record(self, step: Step) -> None:
         if self.config.deployed_commit_file is not None:
-            record_deployed(self.config.deployed_commit_file, step.commit)
+            path = self.config.deployed_commit_file
+            try:
+                record_deployed(path, step.commit)
+            except OSError as e:
+                raise UpgradeError(
+                    f"deployed {step.commit} but cannot record it in deployed_commit_file {path}: "
+                    f"{e.strerror or e}; write that checksum there before running again"
+                ) from None
         elif self.config.deployed_commit_command is not None:
             # The hook (or the OS tool it drives) records the deployment itself: check it agrees.
             try:

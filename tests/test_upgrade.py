@@ -325,6 +325,10 @@ def test_an_unreadable_deployed_commit_file_is_a_failure(
     m.deployed_file.unlink()
     assert upgrade(m) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert upgrade(m, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "failed" and report["deployed_before"] is None
+    assert "does not exist" in report["error"] and report["steps_deployed"] == []
 
 
 def test_without_a_way_to_read_the_deployed_commit_it_is_a_config_error(
@@ -345,6 +349,8 @@ def test_without_a_deploy_command_the_step_is_pulled_but_not_recorded(
     m = make_machine(tmp_path / "m", chain, 'deployed_commit_file = "{deployed}"\n', deployed=chain.v1)
     assert upgrade(m) == 2
     assert "set [upgrade] deploy_command" in capsys.readouterr().err
+    assert upgrade(m, "--json") == 2
+    assert json.loads(capsys.readouterr().out)["status"] == "failed"
     assert m.deployed() == chain.v1
     assert m.repo.has_object(chain.v2, ObjectType.COMMIT) and not m.repo.is_partial(chain.v2)
 

@@ -11,17 +11,17 @@ from functools import partial
 from lanshare.cli import print_json
 from lanshare.commands.pull import _progress
 from lanshare.context import Context
-from lanshare.errors import UsageError
+from lanshare.errors import Error, UsageError
 from lanshare.ostree.objects import is_checksum
 from lanshare.pull import PullOptions, TrustPolicy
 from lanshare.pull.sources import plan_from_config
 from lanshare.update_path import Step
 from lanshare.upgrade import (
+    EXIT_FAILED,
     EXIT_USAGE,
     Deployed,
     Fetcher,
     Upgrade,
-    UpgradeError,
     UpgradeReport,
     read_deployed,
 )
@@ -61,31 +61,38 @@ def run_upgrade(args: argparse.Namespace) -> int:
     """Walk the path from the deployed commit; exit 0 done, 10 more steps, 1 failed, 2 usage/config."""
     ctx = Context.from_args(args)
     config = ctx.config
-    if args.start is not None:
-        start = args.start if is_checksum(args.start) else ctx.repo.resolve_rev(args.start)
-        deployed = Deployed(start, None, "--from")
-    else:
-        deployed = read_deployed(config.upgrade)
-    repo = ctx.repo
-    # A bare --repo with no config file has no state directory to keep an index in (as lanshare pull).
-    index = ctx.index if config.files or args.repo is None else None
-    options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
-    fetcher = Fetcher(
-        repo, plan_from_config(config), options, index, partial(_progress, not args.json), _warn
-    )
-    show = (lambda step, left: None) if args.json else _show_step
-    upgrade = Upgrade(fetcher, config.upgrade, show, partial(_relay, args.json), _warn)
-    report = UpgradeReport(deployed.commit)
-    code: int | None = None
+    report = UpgradeReport(None)
     try:
+        if args.start is not None:
+            start = args.start if is_checksum(args.start) else ctx.repo.resolve_rev(args.start)
+            deployed = Deployed(start, None, "--from")
+        else:
+            deployed = read_deployed(config.upgrade)
+        report.deployed_before = deployed.commit
+        upgrade = _upgrade(ctx, args)
         asyncio.run(upgrade.run(deployed, args.ref, report, walk_all=args.all))
-    except (UpgradeError, UsageError) as e:
-        report.status, report.error = "failed", str(e)
-        code = EXIT_USAGE if isinstance(e, UsageError) else None
+    except Error as e:
         if not args.json:
             raise
+        report.status, report.error = "failed", str(e)
+        print_json(report.to_json())
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
     if args.json:
         print_json(report.to_json())
     else:
         _summary(report)
-    return code if code is not None else report.exit_code
+    return report.exit_code
+
+
+def _upgrade(ctx: Context, args: argparse.Namespace) -> Upgrade:
+    """The upgrade run, pulling as ``lanshare pull`` does (same sources, trust, index and progress)."""
+    config = ctx.config
+    # A bare --repo with no config file has no state directory to keep an index in (as lanshare pull).
+    index = ctx.index if config.files or args.repo is None else None
+    json_output: bool = args.json
+    options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
+    fetcher = Fetcher(
+        ctx.repo, plan_from_config(config), options, index, partial(_progress, not json_output), _warn
+    )
+    show = (lambda step, left: None) if json_output else _show_step
+    return Upgrade(fetcher, config.upgrade, show, partial(_relay, json_output), _warn)
