@@ -17,6 +17,7 @@ import pytest
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.upgrade import parse_deployed
+from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
 from tests.gpg_fixtures import GpgKeys
 from tests.test_serve import _start as start_daemon
@@ -219,6 +220,16 @@ def test_successive_runs_deploy_checkpoint_then_ref_switch_then_head(
     assert "no errors found" in ostree("fsck", f"--repo={machine.repo.path}").stdout
 
 
+def test_the_exit_statuses_reach_the_calling_process(machine: Machine, chain: Chain) -> None:
+    # What a boot-time unit sees: the real console entry point in its own process.
+    cli = [sys.executable, "-m", "lanshare.cli"]
+    helptext = subprocess.run([*cli, "upgrade", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "10 a step was deployed and more" in " ".join(helptext.split())
+    run = subprocess.run([*cli, "upgrade", "--config", str(machine.config)], capture_output=True, text=True)
+    assert run.returncode == 10, run.stderr
+    assert machine.hook_calls() == [machine.call(chain.v2, "os/stable", 2)]
+
+
 def test_all_walks_the_whole_chain_in_one_run(
     machine: Machine, chain: Chain, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -263,6 +274,20 @@ def test_a_lan_peer_serves_the_walk_and_the_cache_finishes_it_offline(
     assert "could not refresh os/stable" in capsys.readouterr().err
     assert [line.split()[0] for line in m.hook_calls()] == [chain.v2, chain.v3, chain.v4]
     assert m.deployed() == chain.v4
+
+
+def test_a_peer_serving_corrupt_commits_is_dropped_and_the_origin_serves(
+    tmp_path: Path, chain: Chain, capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer = hs.FakePeer(Repo.open(chain.repo), archive_behaviour=hs.corrupt_commits)
+    with peer.serve() as server:
+        sources = f'[sharing]\npeers = ["{server.url}"]\n[origin]\nurl = "{chain.url}"\n'
+        m = make_machine(tmp_path / "m", chain, DEPLOY_WITH_FILE, deployed=chain.v1, sources=sources)
+        assert upgrade(m, "--all") == 0
+    # Commit objects (the commit-only history included) all came verified from the origin.
+    assert [line.split()[0] for line in m.hook_calls()] == [chain.v2, chain.v3, chain.v4]
+    assert any(path.endswith(".commit") for path in peer.archive.requests)
+    assert lanshare("fsck", "--repo", m.repo.path, "--gpg-keyring", chain.keyring) == 0
 
 
 def test_a_failing_hook_stops_the_walk_and_records_nothing(
