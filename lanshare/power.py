@@ -96,6 +96,7 @@ class SharingSwitch:
         self.paused_because: str | None = None
         self._listeners: list[Listener] = []
         self._metered_unknown_logged = False
+        self._pending: set[asyncio.Task[None]] = set()
 
     @property
     def paused(self) -> bool:
@@ -103,8 +104,21 @@ class SharingSwitch:
         return self.paused_because is not None
 
     def subscribe(self, listener: Listener) -> None:
-        """Call ``await listener(paused)`` on every change (mDNS advertising withdraws and returns)."""
+        """Call ``await listener(paused)`` on every change (mDNS advertising withdraws and returns).
+
+        A listener that subscribes while sharing is already paused is told so at once (in a task).
+        """
         self._listeners.append(listener)
+        if self.paused:
+            task = asyncio.get_running_loop().create_task(self._tell(listener, True))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _tell(self, listener: Listener, paused: bool) -> None:
+        try:
+            await listener(paused)
+        except Exception:
+            log.exception("a sharing listener failed")
 
     def _reason(self) -> str | None:
         """Why sharing should be off now, or None (blocking: reads /sys, may run busctl)."""
@@ -132,10 +146,7 @@ class SharingSwitch:
         else:
             log.info("sharing resumed")
         for listener in self._listeners:
-            try:
-                await listener(reason is not None)
-            except Exception:
-                log.exception("a sharing listener failed")
+            await self._tell(listener, reason is not None)
         return True
 
     async def watch(self, interval: float = CHECK_INTERVAL) -> None:
