@@ -146,6 +146,7 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
     lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
     # Outermost: while sharing is paused nothing else runs, not even the connection limit.
     lan_app.middlewares.insert(0, app[SHARING].middleware())
+    await app[SHARING].check()  # on battery from the first request, not 30 s later
     runner = web.AppRunner(lan_app, **limits.runner_kwargs())
     await runner.setup()
     address_file = config.state_dir / LAN_ADDRESS_FILE
@@ -169,9 +170,7 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    switch = app[SHARING]
-    await switch.check()  # before the first peer gets an answer it should not
-    watcher = asyncio.create_task(switch.watch(), name="power and network watch")
+    watcher = asyncio.create_task(app[SHARING].watch(), name="power and network watch")
     try:
         async with Background(config, app[REPO], app[INDEX], app[NODE_ID]) as background:
             app[BACKGROUND] = background
