@@ -12,8 +12,9 @@ import it into the test module: ``from tests.netns import netns_lan  # noqa: F40
 :meth:`NetnsLan.run` / :meth:`NetnsLan.popen` / :meth:`NetnsLan.python`; teardown kills whatever
 still runs inside the LAN's namespaces (only those) and deletes them, always.
 
-For a single host with nothing but loopback, :func:`loopback_command` wraps a command in
-``unshare -n`` with ``lo`` up.  Everything here needs root; the fixtures skip with a reason if not.
+For a single host with nothing but loopback, the ``loopback_host`` fixture (one named namespace,
+host ``"solo"``) or :func:`loopback_command` (wraps one command in ``unshare -n`` with ``lo``
+up).  Everything here needs root; the fixtures skip with a reason if not.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class NetnsLan:
         return [int(p) for p in out.split()]
 
     def _namespaces(self) -> list[str]:
-        return [h.netns for h in self.hosts.values()] + [self.hub]
+        return [h.netns for h in self.hosts.values()] + ([self.hub] if self.hub else [])
 
     def teardown(self) -> None:
         """Kill what runs inside the LAN (ours only) and delete its namespaces."""
@@ -194,6 +195,39 @@ def netns_lan_context(count: int = 3) -> Iterator[NetnsLan]:
         yield lan
     finally:
         lan.teardown()
+
+
+def _solo_up(lan: NetnsLan) -> None:
+    host = Host("solo", f"{lan.tag}-solo", "127.0.0.1")
+    lan.hosts[host.name] = host
+    _ip("netns", "add", host.netns)
+    _ip("-n", host.netns, "link", "set", "lo", "up")
+
+
+@contextlib.contextmanager
+def loopback_host_context() -> Iterator[NetnsLan]:
+    """One host, ``solo``, with nothing but ``lo`` (127.0.0.1): a named ``unshare -n``.
+
+    Unlike :func:`loopback_command`, several processes can be started in it one by one.
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        raise NetnsUnavailable(reason)
+    tag = f"ls{os.getpid()}x{secrets.token_hex(3)}"
+    lan = NetnsLan(tag=tag, hub="")
+    try:
+        _solo_up(lan)
+        yield lan
+    finally:
+        lan.teardown()
+
+
+@pytest.fixture
+def loopback_host() -> Iterator[NetnsLan]:
+    """A namespace holding only ``lo``; its one host is ``"solo"`` (skips when not root)."""
+    require_namespaces()
+    with loopback_host_context() as lan:
+        yield lan
 
 
 @pytest.fixture
