@@ -428,8 +428,9 @@ class Upgrade:
                     "deploy_command to the command that deploys a commit from the repository"
                 )
             self.show_step(step, len(path.steps))
-            self.relay(run_deploy_hook(self.config.deploy_command, step, repo))
-            self._record(step)
+            # The hook may run for minutes (a deployment): off the event loop, like the recording.
+            self.relay(await asyncio.to_thread(run_deploy_hook, self.config.deploy_command, step, repo))
+            await asyncio.to_thread(self._record, step)
             report.steps_deployed.append(step)
             report.remaining = path.steps[1:]
             current, ref = step.commit, step.ref
