@@ -25,6 +25,7 @@ from lanshare import sdnotify
 from lanshare.background import Background
 from lanshare.config import Config, ListenAddress
 from lanshare.discovery.advertise import advertise_ctx
+from lanshare.discovery.browse import discovery_ctx
 from lanshare.errors import Error
 from lanshare.index import sync
 from lanshare.index.db import open_index
@@ -212,7 +213,9 @@ def create_app(config: Config) -> web.Application:
     app = web.Application()
     app[CONFIG] = config
     app[SHARING] = SharingSwitch(config.sharing)
-    app.cleanup_ctx.extend([_node_id, _repo, _index, _lan_listener, advertise_ctx, status_listener_ctx])
+    app.cleanup_ctx.extend(
+        [_node_id, _repo, _index, _lan_listener, advertise_ctx, discovery_ctx, status_listener_ctx]
+    )
     # Next, each its own cleanup_ctx entry after the LAN listener: the status listener (this
     # application itself, served on [status] listen) and mDNS advertising/discovery.
     # Then background work (origin poll, LAN convergence, retention), once peers can be found…
