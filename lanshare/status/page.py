@@ -56,6 +56,14 @@ def _bar(fraction: float | None, text: str, css: str = "") -> Html:
     )
 
 
+def _when(iso: str | None) -> Html:
+    """An ISO 8601 UTC time shown to the second, the full value on hover."""
+    if not iso:
+        return Html("—")
+    short = iso[:19].replace("T", " ")
+    return Html(f'<time datetime="{escape(iso)}" title="{escape(iso)}">{escape(short)}</time>')
+
+
 def _size(value: int | None) -> str:
     return "—" if value is None else format_size(value)
 
@@ -104,7 +112,7 @@ def _refs(status: dict[str, Any]) -> str:
             "[origin] refs" if r["configured"] else "held",
             _code(r["head"]),
             r["version"],
-            r["timestamp"],
+            _when(r["timestamp"]),
             r["commits"],
             r["checkpoints"],
         ]
@@ -165,7 +173,7 @@ def _peers(status: dict[str, Any]) -> str:
                 _size(p["bytes_in"]),
                 _size(p["bytes_out"]),
                 rate,
-                p["last_seen"],
+                _when(p["last_seen"]),
             ]
         )
     headers = ["peer", "address", "health", "received from", "sent to", "last rate", "last seen"]
@@ -184,7 +192,7 @@ def _transfers(status: dict[str, Any]) -> str:
                 t["source"],
                 t["state"],
                 _bar(t["progress"], text, t["state"]),
-                t["started_at"],
+                _when(t["started_at"]),
                 t["error"],
             ]
         )
@@ -212,7 +220,7 @@ def _savings(status: dict[str, Any]) -> str:
 
 def _errors(status: dict[str, Any]) -> str:
     rows: list[list[Cell]] = [
-        [e["time"], e["level"], e["logger"], e["message"]] for e in status["errors"]["recent"]
+        [_when(e["time"]), e["level"], e["logger"], e["message"]] for e in status["errors"]["recent"]
     ]
     return _table("errors", ["time", "level", "where", "message"], rows, "No warnings or errors since start.")
 
@@ -280,7 +288,7 @@ def render_page(status: dict[str, Any]) -> str:
         f"<h1>lanshare on {node}</h1>"
         f'<p class="meta">version {escape(status["version"])} · LAN listener {lan} · '
         f"repository <code>{escape(status['repo']['path'])}</code> · "
-        f"updated {escape(status['generated_at'])} · refreshes every {REFRESH_SECONDS} s · "
+        f"updated {_when(status['generated_at']).text} UTC · refreshes every {REFRESH_SECONDS} s · "
         '<a href="/api/v1/status">JSON</a> · <a href="/metrics">metrics</a></p>'
         f"{body}</body></html>\n"
     )

@@ -72,14 +72,40 @@ def _drawn(commits: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     return drawn, len(commits) - len(drawn)
 
 
+def _generations(commits: list[dict[str, Any]]) -> dict[str, int]:
+    """How many drawn ancestors each commit has, through parents and checkpoint sources."""
+    by_checksum = {c["checksum"]: c for c in commits}
+    found: dict[str, int] = {}
+
+    def ancestor(commit: dict[str, Any]) -> str | None:
+        if commit["parent"] in by_checksum:
+            return str(commit["parent"])
+        source = (commit["checkpoint_source"] or "").rpartition("@")[2]
+        return source if source in by_checksum else None
+
+    for commit in commits:
+        # Walk up to a known generation, then number the walked commits on the way back down.
+        walk: list[str] = []
+        checksum: str | None = commit["checksum"]
+        while checksum is not None and checksum not in found and checksum not in walk:
+            walk.append(checksum)
+            checksum = ancestor(by_checksum[checksum])
+        base = found.get(checksum, -1) if checksum is not None else -1
+        for depth, walked in enumerate(reversed(walk), 1):
+            found[walked] = base + depth
+    return found
+
+
 def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
     """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``."""
     drawn, hidden = _drawn(chain["commits"])
     lanes = [r for r in refs if any(c["ref"] == r for c in drawn)]
     if not drawn:
         return '<p class="empty">No commits held yet.</p>'
-    # Oldest to newest across all refs, so a switch always points right.
-    order = sorted(drawn, key=lambda c: (c["timestamp"] or "", c["checksum"]))
+    # Oldest to newest across all refs, so a switch always points right; commits made within one
+    # second are ordered by their ancestry.
+    generation = _generations(drawn)
+    order = sorted(drawn, key=lambda c: (c["timestamp"] or "", generation[c["checksum"]], c["checksum"]))
     x = {c["checksum"]: _LEFT + i * _STEP_W for i, c in enumerate(order)}
     y = {ref: _TOP + i * _LANE_H for i, ref in enumerate(lanes)}
     width = _LEFT + len(order) * _STEP_W + 20
