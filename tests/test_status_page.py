@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import jsonschema
 import pytest
@@ -245,6 +246,14 @@ def test_metrics_parse_and_agree_with_the_status(fleet: Fleet) -> None:
     assert b_samples["lanshare_served_requests_total"] >= 1
 
 
+def test_chain_svg_alone(fleet: Fleet) -> None:
+    code, content_type, svg = _get(fleet.status + "/chain.svg")
+    assert code == 200 and content_type.startswith("image/svg+xml")
+    root = ElementTree.fromstring(svg)
+    commits = root.findall(".//{http://www.w3.org/2000/svg}g[@data-commit]")
+    assert {g.get("data-commit") for g in commits} == set(fleet.commits.values())
+
+
 def test_the_lan_listener_exposes_none_of_it(fleet: Fleet) -> None:
     for path in ("api/v1/status", "metrics", "chain.svg"):
         code, _, body = _get(fleet.a.url + path)
@@ -405,3 +414,25 @@ def test_a_hostile_log_message_renders_as_text(fleet: Fleet, browser: Browser) -
     assert HOSTILE_ERROR in page.inner_text("#errors")
     assert page.evaluate("window.__pwned") is None and page.locator("script").count() == 0
     page.close()
+
+
+def test_an_empty_daemon_reports_what_it_cannot_know(tmp_path: Path) -> None:
+    # A process, not daemon.run in this one: the module's Playwright keeps an event loop running here.
+    missing = tmp_path / "no-such-file"
+    server = _start(tmp_path, tmp_path / "repo", f'[upgrade]\ndeployed_commit_file = "{missing}"\n')
+    try:
+        url = _status_url(server)
+        status = _get_json(url + "/api/v1/status")
+        _validator().validate(status)
+        assert status["deployed"]["commit"] is None
+        assert status["deployed"]["error"].startswith(f"cannot read {missing}: No such file")
+        assert status["refs"] == [] and status["chain"] == {"commits": [], "switches": []}
+        assert status["savings"]["saved_percent"] is None and status["peers"] == []
+        code, _, html = _get(url + "/")
+        assert code == 200 and f"cannot read {missing}" in html and "No commits held yet." in html
+        code, content_type, svg = _get(url + "/chain.svg")
+        assert code == 200 and content_type.startswith("image/svg+xml")
+        assert ElementTree.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"
+    finally:
+        assert _stop(server) == 0, server.log.read_text()
+    assert not (server.state / STATUS_ADDRESS_FILE).exists()
