@@ -89,46 +89,78 @@ def object_sizes(repo: Repo) -> dict[ObjectKey, int]:
 
 
 class _Closures:
-    """Walks commit closures over what is on disk, sharing work between commits."""
+    """Walks commit closures over what is on disk, against the set of objects already marked.
+
+    Relies on one invariant of ``marked``: a dirtree in it has its whole present subtree in it
+    too (closures are added whole).  A walk therefore stops at any marked tree, so marking many
+    commits that share most of their trees parses each tree once, as ``ostree prune`` does.
+    """
 
     def __init__(self, repo: Repo, present: dict[ObjectKey, int]) -> None:
         self.repo = repo
         self.present = present
-        self._trees: dict[str, tuple[list[ObjectKey], list[str]]] = {}
+        self._roots: dict[str, tuple[str, str] | None] = {}
+        # Trees outside ``marked`` may be walked again (a commit weighed against max_size and
+        # not kept); a compact cache of their children saves re-reading them.
+        self._trees: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
 
-    def _tree(self, checksum: str) -> tuple[list[ObjectKey], list[str]]:
-        cached = self._trees.get(checksum)
-        if cached is None:
+    def _root(self, commit: str) -> tuple[str, str] | None:
+        if commit not in self._roots:
+            try:
+                parsed = self.repo.load_commit(commit, verify=False)
+            except (MissingObject, CorruptObject):
+                self._roots[commit] = None
+            else:
+                self._roots[commit] = (parsed.root_tree, parsed.root_meta)
+        return self._roots[commit]
+
+    def _tree(self, checksum: str, cache: bool) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(file checksums, dirmeta checksums, subtree checksums) of a dirtree; empty if unreadable."""
+        children = self._trees.get(checksum)
+        if children is None:
             try:
                 tree = self.repo.load_dirtree(checksum, verify=False)
             except (MissingObject, CorruptObject):
-                cached = ([], [])
+                children = ((), (), ())
             else:
-                leaves: list[ObjectKey] = [(c, ObjectType.FILE) for _, c in tree.files]
-                leaves += [(m, ObjectType.DIR_META) for _, _, m in tree.dirs]
-                cached = (leaves, [t for _, t, _ in tree.dirs])
-            self._trees[checksum] = cached
-        return cached
+                children = (
+                    tuple(c for _, c in tree.files),
+                    tuple(m for _, _, m in tree.dirs),
+                    tuple(t for _, t, _ in tree.dirs),
+                )
+            if cache:
+                self._trees[checksum] = children
+        return children
 
-    def closure(self, commit: str) -> set[ObjectKey]:
-        """Objects of the commit's closure that are present (a partial commit gives what it has)."""
+    def unmarked(self, commit: str, marked: set[ObjectKey], *, cache: bool = True) -> set[ObjectKey]:
+        """Present objects of the commit's closure not in ``marked`` (a partial commit gives what it has).
+
+        ``cache=False`` when the result is about to be marked: its trees are never walked again.
+        """
+        root = self._root(commit)
+        if root is None:
+            return set()
+        present = self.present
         found: set[ObjectKey] = set()
-        try:
-            parsed = self.repo.load_commit(commit, verify=False)
-        except (MissingObject, CorruptObject):
-            return found
-        found.add((parsed.root_meta, ObjectType.DIR_META))
-        stack = [parsed.root_tree]
+
+        def add(key: ObjectKey) -> None:
+            if key in present and key not in marked:
+                found.add(key)
+
+        add((root[1], ObjectType.DIR_META))
+        stack = [root[0]]
         while stack:
-            tree = stack.pop()
-            key = (tree, ObjectType.DIR_TREE)
-            if key in found or key not in self.present:
+            key = (stack.pop(), ObjectType.DIR_TREE)
+            if key in marked or key in found or key not in present:
                 continue
             found.add(key)
-            leaves, subdirs = self._tree(tree)
-            found.update(leaves)
-            stack.extend(subdirs)
-        return {key for key in found if key in self.present}
+            files, metas, subtrees = self._tree(key[0], cache)
+            for checksum in files:
+                add((checksum, ObjectType.FILE))
+            for checksum in metas:
+                add((checksum, ObjectType.DIR_META))
+            stack.extend(subtrees)
+        return found
 
 
 def _commit_keys(commit: str) -> list[ObjectKey]:
@@ -222,7 +254,7 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
     closures = _Closures(repo, plan.sizes)
     for checksum in plan.full:
         plan.marked.update(_commit_keys(checksum))
-        plan.marked.update(closures.closure(checksum))
+        plan.marked.update(closures.unmarked(checksum, plan.marked, cache=False))
 
     # The commit objects of each followed ref's whole held history stay (a few hundred bytes
     # each): a machine years behind finds its deployed commit by walking back from the head, and
@@ -238,12 +270,13 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
     budget = policy.max_size
     used = plan.bytes_kept
     for checksum in candidates:
-        closure = closures.closure(checksum) | set(_commit_keys(checksum))
-        extra = sum(plan.sizes.get(key, 0) for key in closure - plan.marked)
+        extra_keys = closures.unmarked(checksum, plan.marked)
+        extra_keys.update(key for key in _commit_keys(checksum) if key not in plan.marked)
+        extra = sum(plan.sizes.get(key, 0) for key in extra_keys)
         if budget is None or used + extra <= budget:
             plan.full.setdefault(checksum, []).append("fits under max_size")
             plan.commit_only.pop(checksum, None)
-            plan.marked.update(closure)
+            plan.marked.update(extra_keys)
             used += extra
         elif checksum not in plan.commit_only:
             plan.evicted.append(checksum)
@@ -251,7 +284,7 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
         plan.marked.update(_commit_keys(checksum))
         if not commits[checksum].complete:
             continue
-        if closures.closure(checksum) <= plan.marked:
+        if not closures.unmarked(checksum, plan.marked):
             # Kept commits already hold its whole tree: it stays complete at no cost.
             plan.full[checksum] = ["its tree is shared with kept commits"]
             del plan.commit_only[checksum]

@@ -44,6 +44,10 @@ class ObjectType(enum.Enum):
     COMMIT_META = "commitmeta"
     TOMBSTONE_COMMIT = "commit-tombstone"
 
+    # Members are singletons, so identity hashing is correct; it runs in C where Enum's default
+    # (hash of the name, in Python) dominated prune's mark phase over (checksum, type) keys.
+    __hash__ = object.__hash__
+
     def __lt__(self, other: object) -> bool:
         # Ordered by extension, so (checksum, type) keys sort deterministically.
         if not isinstance(other, ObjectType):
