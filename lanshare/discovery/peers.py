@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from lanshare.discovery.quiet_log import QuietLog
 from lanshare.errors import Error
+from lanshare.index.db import SQLITE_BEGIN
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import is_checksum
 from lanshare.pull.errors import SourceFailure
@@ -121,11 +122,14 @@ class PeerTable:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Writes read first: on SQLite they must take the write lock up front, or a writer in
+        # another process (a pull's recorder) can make them fail at once instead of waiting.
+        self._writer = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
 
     def record(self, sighting: Sighting) -> None:
         """Upsert a peer that just answered: where it is, what it holds, and that it is up."""
         now = utcnow()
-        with Session(self.engine) as session, session.begin():
+        with Session(self._writer) as session, session.begin():
             peer = session.get(Peer, sighting.node_id)
             if peer is None:
                 peer = Peer(node_id=sighting.node_id, failures=0, bytes_in=0, bytes_out=0, holdings={})
@@ -144,7 +148,7 @@ class PeerTable:
 
     def seen(self, node_id: str, addresses: Sequence[str], port: int) -> bool:
         """mDNS still announces a known peer at these addresses; False if the peer is unknown."""
-        with Session(self.engine) as session, session.begin():
+        with Session(self._writer) as session, session.begin():
             peer = session.get(Peer, node_id)
             if peer is None:
                 return False
@@ -154,7 +158,7 @@ class PeerTable:
 
     def check_failed(self, node_id: str) -> int:
         """Count a failed health check; the peer is down after DOWN_AFTER in a row.  Returns the count."""
-        with Session(self.engine) as session, session.begin():
+        with Session(self._writer) as session, session.begin():
             peer = session.get(Peer, node_id)
             if peer is None:
                 return 0
@@ -165,7 +169,7 @@ class PeerTable:
 
     def forget(self, node_id: str) -> None:
         """Remove a peer that left the LAN (its mDNS goodbye)."""
-        with Session(self.engine) as session, session.begin():
+        with Session(self._writer) as session, session.begin():
             session.execute(delete(Peer).where(Peer.node_id == node_id))
 
     def peers(self) -> list[Peer]:
