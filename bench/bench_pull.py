@@ -1,9 +1,11 @@
 """Pulls over loopback: lanshare from a lanshare peer, stock ``ostree pull`` from nginx and from lanshare.
 
 Generates one OS-like tree (bench/treegen.py), commits it GPG-signed with ``ostree commit`` into an
-archive repository, and serves that one directory with nginx and with ``lanshare serve`` side by
-side on 127.0.0.1. Each round pulls the commit three ways into a fresh, empty archive repository
-(``ostree init --mode=archive``, not timed):
+archive repository, and serves that one directory with nginx and with two ``lanshare serve``
+daemons side by side on 127.0.0.1 (one per lanshare way, so that memory a daemon keeps after
+answering batch requests is never charged to the one stock ostree pulls from). Each round pulls
+the commit three ways into a fresh, empty archive repository (``ostree init --mode=archive``, not
+timed):
 
 * ``lanshare pull`` from the lanshare daemon (batch API), client config with the signing key and an
   already-migrated index, as on a machine running lanshare;
@@ -103,6 +105,8 @@ class LanshareServer:
         config.write_text(
             f'[repo]\npath = "{repo}"\n'
             f'[sharing]\nlisten = "127.0.0.1:{free_port()}"\nadvertise = false\ndiscovery = false\n'
+            # Two daemons run side by side: neither may take the default status port.
+            f'[status]\nlisten = "127.0.0.1:{free_port()}"\n'
         )
         self.log = base / "serve.log"
         with open(self.log, "wb") as out:
@@ -159,7 +163,7 @@ class Way:
 
     key: str
     label: str
-    server: str  # "lanshare" or "nginx"
+    server: str  # "nginx", "lanshare-batch" or "lanshare-archive"
     runs: list[PullRun] = field(default_factory=list)
 
     def median(self, value: Callable[[PullRun], float]) -> float:
@@ -182,10 +186,12 @@ class Way:
         return max(r.server_peak_kib for r in self.runs) * 1024 / 1e6
 
 
+# Each lanshare way has its own daemon (both serving the same directory): memory a daemon keeps
+# after answering batch requests must not be charged to the one stock ostree pulls from.
 WAYS = (
-    ("lanshare", "lanshare pull <- lanshare serve", "lanshare"),
+    ("lanshare", "lanshare pull <- lanshare serve", "lanshare-batch"),
     ("ostree-nginx", "ostree pull <- nginx", "nginx"),
-    ("ostree-lanshare", "ostree pull <- lanshare serve", "lanshare"),
+    ("ostree-lanshare", "ostree pull <- lanshare serve", "lanshare-archive"),
 )
 
 
@@ -327,7 +333,7 @@ def run_bench(
     """Generate, commit and serve the tree under ``workdir``, and measure every way of pulling it."""
     tools = Tools()
     tree = workdir / "tree"
-    for stale in ("tree", "gpg", "served", "nginx", "lanshare-serve"):
+    for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch", "lanshare-archive"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
     log(f"generating {files} files, {size / 1e6:.0f} MB (seed {seed}) ...")
     stats = generate_tree(tree, files=files, total_bytes=size, seed=seed)
@@ -356,10 +362,12 @@ def run_bench(
 
         nginx = Nginx(source, workdir / "nginx")
         servers.append(nginx)
-        lanshare = LanshareServer(source, workdir / "lanshare-serve", tools.env)
-        servers.append(lanshare)
-        log(f"serving {commit} ({objects} objects, {archive_bytes / 1e6:.1f} MB): nginx {nginx.url}, "
-            f"lanshare {lanshare.url}")  # fmt: skip
+        by_name: dict[str, Nginx | LanshareServer] = {"nginx": nginx}
+        for name in ("lanshare-batch", "lanshare-archive"):
+            by_name[name] = LanshareServer(source, workdir / name, tools.env)
+            servers.append(by_name[name])
+        log(f"serving {commit} ({objects} objects, {archive_bytes / 1e6:.1f} MB): "
+            + ", ".join(f"{name} {server.url}" for name, server in by_name.items()))  # fmt: skip
 
         ways = {key: Way(key, label, server) for key, label, server in WAYS}
         runner = _Runner(tools, workdir, keyring, index_template)
@@ -370,7 +378,7 @@ def run_bench(
             order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
             log(f"round {round_no + 1}/{rounds}: " + ", ".join(w.key for w in order))
             for way in order:
-                server = nginx if way.server == "nginx" else lanshare
+                server = by_name[way.server]
                 repo, step = runner.prepare(way, server.url, round_no)
                 run, reset = _timed_pull(step, server.pid, nginx if server is nginx else None)
                 result.peak_reset &= reset
