@@ -137,6 +137,9 @@ class NetnsLan:
         for proc in self._procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         existing = set(_ip("netns", "list", check=False).stdout.split())
         for ns in self._namespaces():
             if ns not in existing:
