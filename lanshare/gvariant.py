@@ -10,19 +10,34 @@ Python values: ``b`` bool, integer codes int, ``d`` float, ``s``/``o``/``g`` str
 ``v`` :class:`Variant`, ``m`` None or the value.
 
 Decoding is strict: anything that is not well-formed raises :class:`GVariantError` with a short
-reason.  Sizes are always bounded by the input buffer, so hostile input cannot cause a large
-allocation; nesting depth is bounded too.
+reason.  Sizes are always bounded by the input buffer and nesting depth is bounded too.  Each byte
+of input can still become a Python object (an ``a(y)`` costs about 56 bytes of memory per input
+byte), so one decode creates at most :data:`MAX_VALUES` array elements: a hostile 16 MiB object
+cannot cost a gigabyte.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
 MAX_DEPTH = 64
 MAX_TYPE_STRING = 255
+# Array elements one decode may create: far above any real OSTree object (a dirtree of 100,000
+# files is 100,000 elements), far below what a hostile input could otherwise ask for.
+MAX_VALUES = 1_000_000
+
+_budget = threading.local()  # elements left for the decode running in this thread
+
+
+def _spend(count: int) -> None:
+    left = getattr(_budget, "left", MAX_VALUES) - count
+    if left < 0:
+        raise GVariantError(f"more than {MAX_VALUES} array elements in one value")
+    _budget.left = left
 
 
 class GVariantError(ValueError):
@@ -250,6 +265,7 @@ class _Array(GType):
                     f"{self.signature}: size {size} is not a multiple of {element.fixed_size}"
                 )
             step = element.fixed_size
+            _spend(size // step)
             items = [element.decode(buf[i : i + step], depth + 1) for i in range(0, size, step)]
         elif size:
             width = _offset_size(size)
@@ -259,6 +275,7 @@ class _Array(GType):
                     f"{self.signature}: framing offset {table} is outside the {size}-byte value"
                 )
             count = (size - table) // width
+            _spend(count)
             start = 0
             for i in range(count):
                 end = _read_offset(buf, table + i * width, width)
@@ -397,4 +414,9 @@ def encode(signature: str, value: Any) -> bytes:
 
 def decode(signature: str, data: bytes | memoryview) -> Any:
     """Deserialize bytes of GVariant type ``signature``; raises GVariantError if malformed."""
-    return parse_type(signature).decode(memoryview(data).cast("B"), 0)
+    gtype = parse_type(signature)
+    _budget.left = MAX_VALUES
+    try:
+        return gtype.decode(memoryview(data).cast("B"), 0)
+    finally:
+        del _budget.left

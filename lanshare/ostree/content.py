@@ -110,6 +110,8 @@ def parse_archive_header(prefix: bytes, where: str) -> FileHeader:
 # per object (a third of fsck's time on a typical tree).
 _HEADER_CACHE: dict[bytes, tuple[FileHeader, bytes]] = {}
 _HEADER_CACHE_LIMIT = 4096
+# Only ordinary headers are kept: 4,096 hostile 1 MiB headers (big xattrs) would hold 4 GiB.
+_HEADER_CACHE_MAX_BYTES = 1024
 
 
 def parse_archive_header_cached(data: bytes, where: str) -> tuple[FileHeader, bytes]:
@@ -119,7 +121,7 @@ def parse_archive_header_cached(data: bytes, where: str) -> tuple[FileHeader, by
     if hit is None:
         header = parse_archive_header(data, where)
         hit = (replace(header, size=0), header.checksum_prefix())
-        if len(_HEADER_CACHE) < _HEADER_CACHE_LIMIT:
+        if len(_HEADER_CACHE) < _HEADER_CACHE_LIMIT and len(data) <= _HEADER_CACHE_MAX_BYTES:
             _HEADER_CACHE[tail] = hit
     template, checksum_prefix = hit
     size = int.from_bytes(data[:8], "big")
