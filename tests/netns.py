@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -183,6 +184,27 @@ def _up(lan: NetnsLan, count: int) -> None:
             time.sleep(0.02)
 
 
+_TAG_RE = re.compile(r"ls(\d+)x[0-9a-f]{6}-\w+")
+
+
+def remove_stale_namespaces() -> None:
+    """Delete namespaces left by a test run that was killed before its teardown.
+
+    Only names this module makes, whose creating process is gone and which hold no process.
+    """
+    for ns in _ip("netns", "list", check=False).stdout.split():
+        match = _TAG_RE.fullmatch(ns)
+        if match is None or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        if not _ip("netns", "pids", ns, check=False).stdout.split():
+            _ip("netns", "del", ns, check=False)
+
+
+def _new_tag() -> str:
+    remove_stale_namespaces()
+    return f"ls{os.getpid()}x{secrets.token_hex(3)}"
+
+
 @contextlib.contextmanager
 def netns_lan_context(count: int = 3) -> Iterator[NetnsLan]:
     """A LAN of ``count`` hosts (at most 8), torn down on exit whatever happens."""
@@ -191,7 +213,7 @@ def netns_lan_context(count: int = 3) -> Iterator[NetnsLan]:
         raise NetnsUnavailable(reason)
     if not 1 <= count <= len(HOST_NAMES):
         raise ValueError(f"1 to {len(HOST_NAMES)} hosts, not {count}")
-    tag = f"ls{os.getpid()}x{secrets.token_hex(3)}"
+    tag = _new_tag()
     lan = NetnsLan(tag=tag, hub=f"{tag}-hub")
     try:
         _up(lan, count)
@@ -216,7 +238,7 @@ def loopback_host_context() -> Iterator[NetnsLan]:
     reason = unavailable_reason()
     if reason is not None:
         raise NetnsUnavailable(reason)
-    tag = f"ls{os.getpid()}x{secrets.token_hex(3)}"
+    tag = _new_tag()
     lan = NetnsLan(tag=tag, hub="")
     try:
         _solo_up(lan)

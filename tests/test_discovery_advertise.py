@@ -271,7 +271,12 @@ def start_avahi(lan: NetnsLan, host: str, base: Path) -> Avahi:
     socket = base / "system_bus_socket"
     (base / "dbus.conf").write_text(DBUS_CONF.format(socket=socket))
     (base / "avahi-daemon.conf").write_text(AVAHI_CONF)
-    lan.popen(host, ["dbus-daemon", f"--config-file={base / 'dbus.conf'}", "--nofork", "--nopidfile"])
+    bus_log = open(base / "dbus.log", "wb")  # noqa: SIM115 - dbus-daemon writes it until teardown
+    lan.popen(
+        host, ["dbus-daemon", f"--config-file={base / 'dbus.conf'}", "--nofork", "--nopidfile"],
+        stdout=bus_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    bus_log.close()
     deadline = time.monotonic() + 10
     while not socket.exists():
         assert time.monotonic() < deadline, "dbus-daemon did not start"
