@@ -363,6 +363,7 @@ async def test_on_battery_the_lan_listener_answers_503_until_mains_returns(
         switch.subscribe(listener)  # as mDNS advertising does
         with pytest.raises(urllib.error.HTTPError) as refused:
             await asyncio.to_thread(_get_json, node.url + "lanshare/v1/info")
+        refused.value.close()  # it holds the connection
         assert refused.value.code == 503 and int(refused.value.headers["Retry-After"]) > 0
         _supply(sys_root, "AC", online="1")
         assert await switch.check()
