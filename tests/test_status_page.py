@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -77,6 +78,18 @@ def _get_json(url: str) -> Any:
     status, content_type, body = _get(url)
     assert status == 200 and content_type.startswith("application/json"), (status, body)
     return json.loads(body)
+
+
+def _settled_status(url: str) -> Any:
+    """The status once the retention plan covers the refs held now (it runs in the background)."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = _get_json(url + "/api/v1/status")
+        retention = status["retention"]
+        if retention["current"] and not retention["pending"]:
+            return status
+        assert time.monotonic() < deadline, retention
+        time.sleep(0.2)
 
 
 def _send_malformed(lan_url: str) -> None:
@@ -170,7 +183,7 @@ def _validator() -> jsonschema.protocols.Validator:
 
 
 def test_api_status_matches_its_schema_and_describes_the_chain(fleet: Fleet) -> None:
-    status = _get_json(fleet.status + "/api/v1/status")
+    status = _settled_status(fleet.status)
     _validator().validate(status)
     c = fleet.commits
     assert status["node_id"] == (fleet.a.state / "node-id").read_text().strip()
@@ -209,7 +222,7 @@ def test_api_status_matches_its_schema_and_describes_the_chain(fleet: Fleet) -> 
 
 
 def test_metrics_parse_and_agree_with_the_status(fleet: Fleet) -> None:
-    status = _get_json(fleet.status + "/api/v1/status")
+    status = _settled_status(fleet.status)
     code, content_type, text = _get(fleet.status + "/metrics")
     assert code == 200 and content_type.startswith("text/plain; version=0.0.4")
     samples = {
@@ -271,6 +284,7 @@ def test_status_page_in_chromium(fleet: Fleet, browser: Browser, tmp_path: Path)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
+    _settled_status(fleet.status)
     response = page.goto(fleet.status + "/")
     assert response is not None and response.status == 200
     screenshot = tmp_path / "status-page.png"

@@ -79,10 +79,11 @@ def _summary(status: dict[str, Any]) -> list[str]:
             f"ref {ref['name']}: {head}  ({ref['commits']} commits, {ref['checkpoints']} checkpoints)"
         )
     disk = status["disk"]
-    lines.append(
-        f"disk: {format_size(disk['used_bytes'])} of {format_size(disk['max_bytes'])} "
-        f"({disk['used_fraction'] * 100:.1f}%), {len(status['pins'])} pins"
-    )
+    if disk["used_bytes"] is None:
+        used = "not measured yet"
+    else:
+        used = f"{format_size(disk['used_bytes'])} ({disk['used_fraction'] * 100:.1f}%)"
+    lines.append(f"disk: {used} of {format_size(disk['max_bytes'])}, {len(status['pins'])} pins")
     healthy = sum(1 for p in status["peers"] if p["health"] == "healthy")
     running = sum(1 for t in status["transfers"] if t["state"] == "running")
     lines.append(f"peers: {len(status['peers'])} ({healthy} healthy); transfers running: {running}")

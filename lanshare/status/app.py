@@ -23,8 +23,8 @@ from aiohttp.typedefs import Handler
 from lanshare.config import ListenAddress
 from lanshare.server.lan import LEDGER
 from lanshare.server.limits import PeerStats
+from lanshare.status.collector import StatusCollector, StatusSources
 from lanshare.status.metrics import CONTENT_TYPE, render_metrics
-from lanshare.status.model import StatusCollector, StatusSources
 from lanshare.status.page import render_page
 from lanshare.status.recent import RecentErrors
 from lanshare.status.svg import chain_svg
@@ -145,7 +145,8 @@ async def status_listener_ctx(app: web.Application) -> AsyncIterator[None]:
         status_address=status_address,
         served=served,
     )
-    status_app = create_status_app(StatusCollector(sources), listen.host)
+    collector = StatusCollector(sources)
+    status_app = create_status_app(collector, listen.host)
     runner = web.AppRunner(status_app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     address_file = config.state_dir / STATUS_ADDRESS_FILE
@@ -164,4 +165,5 @@ async def status_listener_ctx(app: web.Application) -> AsyncIterator[None]:
         with suppress(FileNotFoundError):
             address_file.unlink()
         await runner.cleanup()
+        collector.close()
         logging.getLogger().removeHandler(errors)

@@ -6,10 +6,11 @@ that reads the snapshot, so the numbers are the same ones the status page shows.
 
 ==================================== ======= ============================================
 ``lanshare_info``                    gauge   1, labels ``node_id``, ``version``
-``lanshare_repo_bytes``              gauge   bytes of objects in the repository
+``lanshare_repo_bytes``              gauge   bytes of objects in the repository (*)
 ``lanshare_repo_max_bytes``          gauge   ``[retention] max_size``
-``lanshare_repo_evictable_bytes``    gauge   bytes prune may evict
-``lanshare_commits``                 gauge   held commits of followed refs, by ``fate``
+``lanshare_repo_evictable_bytes``    gauge   bytes prune may evict (*)
+``lanshare_retention_plan_seconds``  gauge   how long the last retention plan took (*)
+``lanshare_commits``                 gauge   held commits of followed refs, by ``fate`` (*)
 ``lanshare_checkpoints``             gauge   checkpoint commits held
 ``lanshare_refs``                    gauge   followed refs, by ``held`` (true/false)
 ``lanshare_pins``                    gauge   admin pins
@@ -23,6 +24,8 @@ that reads the snapshot, so the numbers are the same ones the status page shows.
 ``lanshare_served_requests``         counter requests the LAN listener answered since start
 ``lanshare_log_messages``            counter warnings and errors logged since start, by ``level``
 ==================================== ======= ============================================
+
+(*) from the last retention plan, computed in the background: absent until the first one is done.
 """
 
 from __future__ import annotations
@@ -50,22 +53,30 @@ class SnapshotCollector(Collector):
         info.add_metric([s["node_id"], s["version"]], 1)
         yield info
         disk = s["disk"]
-        yield GaugeMetricFamily(
-            "lanshare_repo_bytes", "Bytes of objects in the repository", disk["used_bytes"]
-        )
         yield GaugeMetricFamily("lanshare_repo_max_bytes", "[retention] max_size in bytes", disk["max_bytes"])
-        yield GaugeMetricFamily(
-            "lanshare_repo_evictable_bytes", "Bytes prune may evict", disk["evictable_bytes"]
-        )
+        # Measured by the retention plan: absent until the first one is done, rather than a false 0.
+        if disk["used_bytes"] is not None:
+            yield GaugeMetricFamily(
+                "lanshare_repo_bytes", "Bytes of objects in the repository", disk["used_bytes"]
+            )
+            yield GaugeMetricFamily(
+                "lanshare_repo_evictable_bytes", "Bytes prune may evict", disk["evictable_bytes"]
+            )
         commits = s["chain"]["commits"]
-        fates = GaugeMetricFamily("lanshare_commits", "Held commits of followed refs", labels=["fate"])
-        for fate, count in (
-            ("kept", sum(1 for c in commits if c["kept"])),
-            ("commit_only", sum(1 for c in commits if not c["kept"] and c["commit_only"])),
-            ("evictable", sum(1 for c in commits if not c["kept"] and not c["commit_only"])),
-        ):
-            fates.add_metric([fate], count)
-        yield fates
+        if s["retention"]["computed_at"] is not None:
+            yield GaugeMetricFamily(
+                "lanshare_retention_plan_seconds",
+                "How long the last retention plan took",
+                s["retention"]["seconds"],
+            )
+            fates = GaugeMetricFamily("lanshare_commits", "Held commits of followed refs", labels=["fate"])
+            for fate, count in (
+                ("kept", sum(1 for c in commits if c["kept"] and not c["evictable"])),
+                ("commit_only", sum(1 for c in commits if not c["kept"] and c["commit_only"])),
+                ("evictable", sum(1 for c in commits if c["evictable"])),
+            ):
+                fates.add_metric([fate], count)
+            yield fates
         yield GaugeMetricFamily(
             "lanshare_checkpoints",
             "Checkpoint commits held",

@@ -1,28 +1,23 @@
-"""The status snapshot: everything the status page, ``/api/v1/status`` and ``/metrics`` show.
+"""The parts of a status snapshot: what the status page, ``/api/v1/status`` and ``/metrics`` show.
 
-One snapshot is a plain JSON-ready dictionary whose shape is documented in ``status-schema.json``
-(next to this module) and checked by the tests.  Building it reads the repository (refs, commit
-objects, object sizes for retention) and the index (peers, transfers); both block, so
-:class:`StatusCollector` runs them in a worker thread and keeps the repository part until the refs
-or the deployed commit change (or ``REPO_TTL`` passes), since a retention plan stats every object.
+A snapshot is a plain JSON-ready dictionary whose shape is documented in ``status-schema.json``
+(next to this module) and checked by the tests; :mod:`lanshare.status.collector` assembles it from
+these parts, each read at its own pace.  Every function here blocks (repository and index reads).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from lanshare import __version__
 from lanshare.commands.prune import policy_for
 from lanshare.config import Config
 from lanshare.context import Context
@@ -33,15 +28,10 @@ from lanshare.ostree.commit_tree import CHECKPOINT_SOURCE_KEY
 from lanshare.ostree.repo import Repo
 from lanshare.retention import PIN_REF_PREFIX, plan_retention
 from lanshare.server.limits import PeerStats
-from lanshare.status.recent import RecentErrors
 from lanshare.update_path import CommitInfo, PathError, RepoGraph, compute_path
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("status-schema.json")
-# The repository part is recomputed at least this often even when no ref moved (prune, pins).
-REPO_TTL = 30.0
-# Requests within this long of each other share one snapshot (a page load plus a scrape).
-SNAPSHOT_TTL = 1.0
 # Transfers shown: every running one, plus this many of the most recent finished ones.
 RECENT_TRANSFERS = 20
 _CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
@@ -167,14 +157,11 @@ def _path(repo: Repo, deployed: Json) -> Json:
     return {"path": path.to_json(), "path_error": None, "missing": []}
 
 
-def repo_part(config: Config, repo: Repo, engine: Engine, deployed: Json, now: float) -> Json:
-    """Refs, the checkpoint chain, pins, retention reasons, disk use and the update path (blocking)."""
+def chain_part(config: Config, repo: Repo, deployed: Json) -> Json:
+    """Refs, the checkpoint chain and the update path, from commit objects only (blocking)."""
     refs = {ref: commit for (_, ref), commit in repo.list_collection_refs().items()}
     partial = repo.partial_commits()
     cache: dict[str, _Held | None] = {}
-    context = _DaemonContext(config, repo, engine)
-    plan = plan_retention(repo, policy_for(context))
-    evicted = set(plan.evicted)
     path = _path(repo, deployed)
     steps = {s["commit"]: n for n, s in enumerate(path["path"]["steps"], 1)} if path["path"] else {}
 
@@ -202,9 +189,6 @@ def repo_part(config: Config, repo: Repo, engine: Engine, deployed: Json, now: f
                 "target": info.target,
                 "checkpoint_source": held.source,
                 "complete": info.complete,
-                "kept": plan.full.get(info.checksum, []),
-                "commit_only": plan.commit_only.get(info.checksum, []),
-                "evictable": info.checksum in evicted,
                 "deployed": info.checksum == deployed["commit"],
                 "path_step": steps.get(info.checksum),
             }
@@ -221,7 +205,15 @@ def repo_part(config: Config, repo: Repo, engine: Engine, deployed: Json, now: f
                 "checkpoints": sum(1 for h in history if h.info.is_checkpoint),
             }
         )
+    return {
+        "refs": ref_rows,
+        "commits": list(commits.values()),
+        "switches": _switches(commits, lanes),
+        **path,
+    }
 
+
+def _switches(commits: dict[str, Json], lanes: dict[str, list[str]]) -> list[Json]:
     switches: list[Json] = []
     for checksum, row in commits.items():
         target = row["target"]
@@ -241,33 +233,67 @@ def repo_part(config: Config, repo: Repo, engine: Engine, deployed: Json, now: f
                 "to_commit": landing or (lane[-1] if lane else None),
             }
         )
+    return switches
 
-    pins: list[Json] = [
+
+def retention_part(config: Config, repo: Repo, engine: Engine) -> Json:
+    """Why each commit stays and the disk use, from a retention plan (blocking, and slow on a big
+    repository: it stats every object and walks every kept tree)."""
+    started = time.monotonic()
+    plan = plan_retention(repo, policy_for(_DaemonContext(config, repo, engine)))
+    used = sum(plan.sizes.values())
+    return {
+        "kept": plan.full,
+        "commit_only": plan.commit_only,
+        "evicted": set(plan.evicted),
+        "disk": {
+            "used_bytes": used,
+            "kept_bytes": plan.bytes_kept,
+            "evictable_bytes": plan.bytes_freed,
+            "objects": len(plan.sizes),
+        },
+        "computed_at": dt.datetime.now(dt.UTC).isoformat(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def pins(config: Config, engine: Engine) -> list[Json]:
+    """``[[pin]]`` tables, then pins made with ``lanshare pin`` (recorded in the index)."""
+    rows: list[Json] = [
         {"ref_glob": p.ref, "commit": p.commit, "reason": p.reason, "source": "config"} for p in config.pins
     ]
-    pins += [
+    rows += [
         {"ref_glob": p.ref_glob, "commit": p.commit, "reason": p.reason, "source": "index"}
         for p in sync.pin_rules(engine)
     ]
-    used = sum(plan.sizes.values())
-    max_size = config.retention.max_size
-    return {
-        "refs": ref_rows,
-        "chain": {"commits": list(commits.values()), "switches": switches},
-        "pins": pins,
-        "disk": {
-            "used_bytes": used,
-            "max_bytes": max_size,
-            "kept_bytes": plan.bytes_kept,
-            "evictable_bytes": plan.bytes_freed,
-            "used_fraction": round(used / max_size, 4),
-            "objects": len(plan.sizes),
-        },
-        "path": path["path"],
-        "path_error": path["path_error"],
-        "missing": path["missing"],
-        "computed_at": _ts(int(now)),
+    return rows
+
+
+def merge(chain: Json, retention: Json | None, max_size: int) -> tuple[list[Json], Json]:
+    """The chain's commits with their retention fate, and the disk figures (None until computed)."""
+    commits = []
+    for commit in chain["commits"]:
+        checksum = commit["checksum"]
+        if retention is None:
+            fate: Json = {"kept": [], "commit_only": [], "evictable": False}
+        else:
+            fate = {
+                "kept": retention["kept"].get(checksum, []),
+                "commit_only": retention["commit_only"].get(checksum, []),
+                "evictable": checksum in retention["evicted"],
+            }
+        commits.append({**commit, **fate})
+    figures = retention["disk"] if retention is not None else {}
+    used = figures.get("used_bytes")
+    disk = {
+        "used_bytes": used,
+        "max_bytes": max_size,
+        "kept_bytes": figures.get("kept_bytes"),
+        "evictable_bytes": figures.get("evictable_bytes"),
+        "used_fraction": round(used / max_size, 4) if used is not None else None,
+        "objects": figures.get("objects"),
     }
+    return commits, disk
 
 
 # -- the index part --------------------------------------------------------------------------------
@@ -363,82 +389,3 @@ def _transfer(t: Transfer) -> Json:
         "finished_at": _iso(t.finished_at),
         "error": t.error,
     }
-
-
-# -- the collector ---------------------------------------------------------------------------------
-
-
-@dataclass
-class StatusSources:
-    """What the snapshot is read from: the daemon's open resources."""
-
-    config: Config
-    node_id: str
-    repo: Repo
-    index: Engine
-    errors: RecentErrors
-    lan_address: Callable[[], str | None] = lambda: None
-    status_address: Callable[[], str | None] = lambda: None
-    served: Callable[[], dict[str, PeerStats]] = dict
-
-
-@dataclass
-class StatusCollector:
-    """Builds snapshots, sharing the costly repository part while nothing in it changed."""
-
-    sources: StatusSources
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _repo_key: object = None
-    _repo_at: float = 0.0
-    _repo_part: Json | None = None
-    _snapshot: Json | None = None
-    _snapshot_at: float = 0.0
-
-    async def snapshot(self) -> Json:
-        """The current status (at most SNAPSHOT_TTL old)."""
-        async with self._lock:
-            now = time.monotonic()
-            if self._snapshot is None or now - self._snapshot_at >= SNAPSHOT_TTL:
-                self._snapshot = await asyncio.to_thread(self._build)
-                self._snapshot_at = time.monotonic()
-            return self._snapshot
-
-    def _build(self) -> Json:
-        src = self.sources
-        deployed = read_deployed(src.config)
-        key = (
-            frozenset(src.repo.list_collection_refs().items()),
-            deployed["commit"],
-        )
-        now = time.monotonic()
-        if self._repo_part is None or key != self._repo_key or now - self._repo_at >= REPO_TTL:
-            self._repo_part = repo_part(src.config, src.repo, src.index, deployed, time.time())
-            self._repo_key, self._repo_at = key, now
-        part = self._repo_part
-        index = index_part(src.index, src.served())
-        ref = part["path"]["ref"] if part["path"] else None
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "generated_at": dt.datetime.now(dt.UTC).isoformat(),
-            "node_id": src.node_id,
-            "version": __version__,
-            "listeners": {"lan": src.lan_address(), "status": src.status_address()},
-            "repo": {"path": str(src.repo.path), "collection_id": src.repo.collection_id},
-            "deployed": {
-                **deployed,
-                "ref": ref,
-                "path": part["path"],
-                "path_error": part["path_error"],
-                "missing": part["missing"],
-            },
-            "refs": part["refs"],
-            "chain": part["chain"],
-            "pins": part["pins"],
-            "disk": part["disk"],
-            "repo_computed_at": part["computed_at"],
-            **index,
-            "errors": {
-                "recent": [e.to_json() for e in src.errors.entries()],
-                "totals": dict(src.errors.total),
-            },
-        }

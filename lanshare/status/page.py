@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from lanshare.status.svg import chain_svg
+from lanshare.status.svg import chain_svg, drawn_commits
 from lanshare.units import format_size
 
 REFRESH_SECONDS = 10
@@ -124,28 +124,57 @@ def _refs(status: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-def _kept(status: dict[str, Any]) -> str:
+def _retention_note(status: dict[str, Any]) -> str:
+    retention = status["retention"]
+    if retention["computed_at"] is None:
+        text = "Retention plan being computed: reasons and disk use appear when it is done."
+        if retention["error"]:
+            text = retention["error"]
+        return f'<p class="note" id="retention-note">{escape(text)}</p>'
+    text = f"Retention plan of {_when(retention['computed_at']).text} UTC (took {retention['seconds']:.1f} s)"
+    if not retention["current"]:
+        text += "; refs changed since"
+    if retention["pending"]:
+        text += "; a newer one is being computed"
+    if retention["error"]:
+        text += f"; {escape(retention['error'])}"
+    return f'<p class="note" id="retention-note">{text}.</p>'
+
+
+def _why(commit: dict[str, Any]) -> str:
+    if commit["evictable"]:
+        return "evictable when space runs out"
+    if commit["kept"]:
+        return "; ".join(commit["kept"])
+    if commit["commit_only"]:
+        return "commit object only: " + "; ".join(commit["commit_only"])
+    return "not known yet"
+
+
+def _kept(status: dict[str, Any], drawn: list[dict[str, Any]], hidden: int) -> str:
     pins: list[list[Cell]] = [
         [p["ref_glob"] or "", _code(p["commit"]), p["reason"], p["source"]] for p in status["pins"]
     ]
-    commits: list[list[Cell]] = []
-    for c in status["chain"]["commits"]:
-        if c["kept"]:
-            why = "; ".join(c["kept"])
-        elif c["commit_only"]:
-            why = "commit object only: " + "; ".join(c["commit_only"])
-        else:
-            why = "evictable when space runs out"
-        commits.append([_code(c["checksum"]), c["ref"], c["version"], c["subject"], why])
+    commits: list[list[Cell]] = [
+        [_code(c["checksum"]), c["ref"], c["version"], c["subject"], _why(c)] for c in drawn
+    ]
+    more = f'<p class="note">{hidden} more commits: see /api/v1/status.</p>' if hidden else ""
     return (
         _table("pins", ["ref glob", "commit", "reason", "from"], pins, "No pins.")
         + "<h3>Why each commit stays</h3>"
+        + _retention_note(status)
         + _table("kept", ["commit", "ref", "version", "subject", "kept because"], commits, "No commits.")
+        + more
     )
 
 
 def _disk(status: dict[str, Any]) -> str:
     disk = status["disk"]
+    if disk["used_bytes"] is None:
+        return (
+            f'<div id="disk"><p class="note">Not measured yet (the retention plan measures it); '
+            f"max_size is {format_size(disk['max_bytes'])}.</p></div>"
+        )
     text = (
         f"{format_size(disk['used_bytes'])} of {format_size(disk['max_bytes'])} "
         f"({disk['used_fraction'] * 100:.1f}%)"
@@ -236,12 +265,13 @@ vertical-align:top}th{font-weight:600;border-bottom:1px solid #ccc}code{font-siz
 .bar.over .fill,.bar.failed .fill{background:#dc2626}.bar.done .fill{background:#16a34a}
 .bar span{position:absolute;left:6px;top:0;font-size:12px;line-height:18px}
 .health.healthy{color:#15803d}.health.failing,.health.backing-off{color:#b91c1c}
-svg.chain{border:1px solid #e5e7eb;background:#fafafa;max-width:100%;height:auto}
+.scroll{overflow-x:auto}svg.chain{border:1px solid #e5e7eb;background:#fafafa}
 svg .lane{font-size:12px;font-weight:600;fill:#374151}svg .lane-line{stroke:#e5e7eb}
 svg .parent{stroke:#6b7280;stroke-width:2}svg .switch{stroke:#b45309;stroke-width:2;fill:none;
 stroke-dasharray:5 3}svg .commit circle,svg .commit polygon{stroke:#1f2937;stroke-width:1.5}
 svg .kept circle,svg .kept polygon{fill:#16a34a}svg .commit-only circle,svg .commit-only polygon{fill:#fff}
-svg .evictable circle,svg .evictable polygon{fill:#9ca3af}svg .checkpoint polygon{stroke:#b45309;
+svg .evictable circle,svg .evictable polygon{fill:#9ca3af}
+svg .unknown circle,svg .unknown polygon{fill:#e5e7eb}svg .checkpoint polygon{stroke:#b45309;
 stroke-width:2.5}svg .commit .deployed-ring{fill:none;stroke:#2563eb;stroke-width:3}
 svg .label{font-size:11px;text-anchor:middle;fill:#374151}svg .step{font-size:12px;font-weight:700;
 text-anchor:middle;fill:#2563eb}.legend span{margin-right:1.2em}
@@ -249,13 +279,16 @@ text-anchor:middle;fill:#2563eb}.legend span{margin-right:1.2em}
 
 _LEGEND = (
     '<p class="legend"><span>● kept with its tree</span><span>○ commit object only</span>'
-    "<span>grey: evictable</span><span>◆ checkpoint</span><span>dashed arrow: ref switch</span>"
+    "<span>grey: evictable</span><span>pale: not known yet</span><span>◆ checkpoint</span>"
+    "<span>dashed arrow: ref switch</span>"
     "<span>blue ring: deployed</span><span>blue number: update path step</span></p>"
 )
 
 
 def render_page(status: dict[str, Any]) -> str:
     """The whole HTML document for one snapshot."""
+    refs = [r["name"] for r in status["refs"]]
+    drawn, hidden = drawn_commits(status["chain"], refs)
     node = escape(status["node_id"])
     lan = escape(status["listeners"]["lan"] or "not listening")
     sections = [
@@ -264,9 +297,9 @@ def render_page(status: dict[str, Any]) -> str:
         (
             "chain",
             "Checkpoint chain",
-            _LEGEND + chain_svg(status["chain"], [r["name"] for r in status["refs"]]),
+            f'{_LEGEND}<div class="scroll">{chain_svg(status["chain"], refs)}</div>',
         ),
-        ("retention", "Pins and retention", _kept(status)),
+        ("retention", "Pins and retention", _kept(status, drawn, hidden)),
         ("disk-use", "Disk use", _disk(status)),
         ("lan-peers", "Peers", _peers(status)),
         ("pulls", "Transfers", _transfers(status)),

@@ -3,7 +3,8 @@
 Marks: a diamond is a checkpoint (``lanshare.checkpoint`` or a ref switch), a dashed arrow is a ref
 switch to the lane of the target ref, a thick ring is the deployed commit, a number above a commit
 is its place on the update path.  Fill says what retention does with the commit: solid (kept with
-its tree), hollow (commit object only), grey (evictable when space runs out).  Every commit
+its tree), hollow (commit object only), grey (evictable when space runs out), pale (no retention
+plan yet).  Every commit
 carries a ``<title>`` (hover text) with its checksum, version, subject and why it is kept.
 Text is escaped: subjects and ref names come from publishers and peers.
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 # Commits drawn per ref besides the ones that matter for the path (checkpoints, the deployed
 # commit, path steps): a long history would make the picture unreadable.
-MAX_PLAIN_PER_REF = 24
+MAX_PLAIN_PER_REF = 12
+MAX_LANES = 12
 _LANE_H = 64
 _STEP_W = 58
 _LEFT = 150
@@ -49,24 +51,39 @@ def _title(commit: dict[str, Any]) -> str:
 
 
 def _fate(commit: dict[str, Any]) -> str:
+    if commit["evictable"]:
+        return "evictable"
     if commit["kept"]:
         return "kept"
     if commit["commit_only"]:
         return "commit-only"
-    return "evictable"
+    return "unknown"  # no retention plan covers it yet
 
 
-def _drawn(commits: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """The commits worth drawing: every one that matters for the path, plus the newest of each ref."""
+def _important(commit: dict[str, Any]) -> bool:
+    return bool(commit["checkpoint"] or commit["target"] or commit["deployed"] or commit["path_step"])
+
+
+def drawn_commits(chain: dict[str, Any], refs: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """The commits worth drawing, and how many are left out.
+
+    At most ``MAX_LANES`` refs (those on the update path first, then in ``refs`` order); on each,
+    every commit that matters for the path plus the newest ``MAX_PLAIN_PER_REF`` others.
+    """
+    commits = chain["commits"]
+    path_refs = {c["ref"] for c in commits if c["path_step"] or c["deployed"]}
+    on_path = [r for r in refs if r in path_refs]
+    lanes = set((on_path + [r for r in refs if r not in on_path])[:MAX_LANES])
     plain_seen: dict[str, int] = {}
     keep: set[str] = set()
     # Commits arrive newest first within each ref.
     for commit in commits:
-        important = commit["checkpoint"] or commit["target"] or commit["deployed"] or commit["path_step"]
+        if commit["ref"] not in lanes:
+            continue
         count = plain_seen.get(commit["ref"], 0)
-        if important or count < MAX_PLAIN_PER_REF:
+        if _important(commit) or count < MAX_PLAIN_PER_REF:
             keep.add(commit["checksum"])
-        if not important:
+        if not _important(commit):
             plain_seen[commit["ref"]] = count + 1
     drawn = [c for c in commits if c["checksum"] in keep]
     return drawn, len(commits) - len(drawn)
@@ -98,7 +115,7 @@ def _generations(commits: list[dict[str, Any]]) -> dict[str, int]:
 
 def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
     """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``."""
-    drawn, hidden = _drawn(chain["commits"])
+    drawn, hidden = drawn_commits(chain, refs)
     lanes = [r for r in refs if any(c["ref"] == r for c in drawn)]
     if not drawn:
         return '<p class="empty">No commits held yet.</p>'
@@ -145,7 +162,10 @@ def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
         out.append(_node(commit, x[commit["checksum"]], y[commit["ref"]]))
     out.append("</svg>")
     if hidden:
-        out.append(f'<p class="note">{hidden} older plain commits not drawn.</p>')
+        out.append(
+            f'<p class="note">{hidden} more commits not drawn (older plain commits, refs past the '
+            f"first {MAX_LANES}); all are in /api/v1/status.</p>"
+        )
     return "".join(out)
 
 

@@ -1,0 +1,218 @@
+"""Builds status snapshots for the status listener, keeping the costly parts while nothing changed.
+
+Three parts, three cadences:
+
+* the index part (peers, transfers, bytes) and the deployed commit: read at most once a second;
+* the chain part (refs, commit objects, the update path): recomputed when a ref, a
+  ``.commitpartial`` marker or the deployed commit changes;
+* the retention part (why each commit stays, disk use): a retention plan stats every object and
+  walks every kept tree — about a minute for 200,000 objects — so it runs in a background thread,
+  when the chain changed or ``RETENTION_TTL`` passed, and never sooner after the previous run than
+  ``RETENTION_DUTY`` times its duration, keeping it under a tenth of one core.  Snapshots show the
+  last finished plan, saying when it was computed and whether a newer one is on its way; a request
+  waits up to ``RETENTION_WAIT`` for a plan in progress, which on a small repository is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy import Engine
+
+from lanshare import __version__
+from lanshare.config import Config
+from lanshare.ostree.repo import Repo
+from lanshare.server.limits import PeerStats
+from lanshare.status.model import (
+    SCHEMA_VERSION,
+    Json,
+    chain_part,
+    index_part,
+    merge,
+    pins,
+    read_deployed,
+    retention_part,
+)
+from lanshare.status.recent import RecentErrors
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_TTL = 1.0
+RETENTION_TTL = 600.0
+RETENTION_DUTY = 10
+RETENTION_WAIT = 5.0
+T = TypeVar("T")
+
+
+@dataclass
+class StatusSources:
+    """What the snapshot is read from: the daemon's open resources."""
+
+    config: Config
+    node_id: str
+    repo: Repo
+    index: Engine
+    errors: RecentErrors
+    lan_address: Callable[[], str | None] = lambda: None
+    status_address: Callable[[], str | None] = lambda: None
+    served: Callable[[], dict[str, PeerStats]] = dict
+
+
+def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``function`` in a daemon thread: unlike the default executor, shutdown does not wait
+    for it (a retention plan only reads, so abandoning one at exit loses nothing)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = function()
+        except BaseException as e:
+            error = e
+        # RuntimeError: the loop closed while this ran, so nobody is waiting any more.
+        with suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="lanshare-status-retention", daemon=True).start()
+    return future
+
+
+@dataclass
+class StatusCollector:
+    """Snapshots of one daemon's status."""
+
+    sources: StatusSources
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _snapshot: Json | None = None
+    _snapshot_at: float = 0.0
+    _chain_key: object = None
+    _chain: Json | None = None
+    _retention: Json | None = None
+    _retention_key: object = None
+    _retention_at: float = 0.0
+    _retention_next: float = 0.0
+    _retention_error: str | None = None
+    _retention_task: asyncio.Future[Json] | None = None
+
+    async def snapshot(self) -> Json:
+        """The current status (at most SNAPSHOT_TTL old)."""
+        async with self._lock:
+            if self._snapshot is None or time.monotonic() - self._snapshot_at >= SNAPSHOT_TTL:
+                fast = await asyncio.to_thread(self._read)
+                await self._retention_for(fast["key"])
+                self._snapshot = self._assemble(fast)
+                self._snapshot_at = time.monotonic()
+            return self._snapshot
+
+    def close(self) -> None:
+        """Stop waiting for a retention plan in progress (its thread is left to finish alone)."""
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+
+    def _read(self) -> Json:
+        """The fast parts, and the chain part when its key changed (blocking)."""
+        src = self.sources
+        deployed = read_deployed(src.config)
+        key = (
+            frozenset(src.repo.list_collection_refs().items()),
+            frozenset(src.repo.partial_commits()),
+            deployed["commit"],
+        )
+        if self._chain is None or key != self._chain_key:
+            self._chain = chain_part(src.config, src.repo, deployed)
+            self._chain_key = key
+        return {
+            "key": key[:2],
+            "deployed": deployed,
+            "chain": self._chain,
+            "pins": pins(src.config, src.index),
+            "index": index_part(src.index, src.served()),
+        }
+
+    async def _retention_for(self, key: object) -> None:
+        now = time.monotonic()
+        stale = (
+            self._retention is None or key != self._retention_key or now - self._retention_at >= RETENTION_TTL
+        )
+        if stale and self._retention_task is None and now >= self._retention_next:
+            self._start_retention(key)
+        task = self._retention_task
+        if task is not None and (self._retention is None or key != self._retention_key):
+            await asyncio.wait([task], timeout=RETENTION_WAIT)
+
+    def _start_retention(self, key: object) -> None:
+        src = self.sources
+        started = time.monotonic()
+        task = _in_daemon_thread(lambda: retention_part(src.config, src.repo, src.index))
+        self._retention_task = task
+
+        def finished(done: asyncio.Future[Json]) -> None:
+            self._retention_task = None
+            elapsed = time.monotonic() - started
+            self._retention_next = time.monotonic() + RETENTION_DUTY * elapsed
+            if done.cancelled():
+                return
+            error = done.exception()
+            if error is not None:
+                self._retention_error = f"retention plan failed: {error}"
+                log.warning("status page: %s", self._retention_error)
+                return
+            self._retention, self._retention_key = done.result(), key
+            self._retention_at, self._retention_error = time.monotonic(), None
+
+        task.add_done_callback(finished)
+
+    def _assemble(self, fast: Json) -> Json:
+        src = self.sources
+        chain = fast["chain"]
+        retention = self._retention
+        commits, disk = merge(chain, retention, src.config.retention.max_size)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "generated_at": dt.datetime.now(dt.UTC).isoformat(),
+            "node_id": src.node_id,
+            "version": __version__,
+            "listeners": {"lan": src.lan_address(), "status": src.status_address()},
+            "repo": {"path": str(src.repo.path), "collection_id": src.repo.collection_id},
+            "deployed": {
+                **fast["deployed"],
+                "ref": chain["path"]["ref"] if chain["path"] else None,
+                "path": chain["path"],
+                "path_error": chain["path_error"],
+                "missing": chain["missing"],
+            },
+            "refs": chain["refs"],
+            "chain": {"commits": commits, "switches": chain["switches"]},
+            "pins": fast["pins"],
+            "disk": disk,
+            "retention": {
+                "computed_at": retention["computed_at"] if retention is not None else None,
+                "seconds": retention["seconds"] if retention is not None else None,
+                "current": retention is not None and self._retention_key == fast["key"],
+                "pending": self._retention_task is not None,
+                "error": self._retention_error,
+            },
+            **fast["index"],
+            "errors": {
+                "recent": [e.to_json() for e in src.errors.entries()],
+                "totals": dict(src.errors.total),
+            },
+        }
