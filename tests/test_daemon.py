@@ -381,3 +381,48 @@ async def test_metered_pauses_sharing_and_unknown_keeps_it_on(tmp_path: Path) ->
     assert await metered.check() and metered.paused
     unknown = SharingSwitch(sharing, sys_root=tmp_path, metered=lambda: None)
     assert not await unknown.check() and not unknown.paused
+
+
+# --- the whole shutdown, mDNS included (in a namespace with only lo) ----------------------------------
+
+
+def test_sigterm_says_stopping_withdraws_the_adverts_and_exits_0(
+    tmp_path: Path, notify_socket: NotifySocket
+) -> None:
+    from tests.netns import loopback_host_context, require_namespaces
+    from tests.test_discovery_advertise import LANSHARE, OSTREE, Probe
+
+    require_namespaces()
+    state = tmp_path / "state"
+    config = tmp_path / "empty.toml"
+    config.touch()
+    env = _environment(
+        tmp_path,
+        NOTIFY_SOCKET=notify_socket.path,
+        LANSHARE_SHARING_LISTEN="0.0.0.0:0",
+        LANSHARE_SHARING_INTERFACES="lo",
+        LANSHARE_SHARING_ADVERTISE="true",
+        LANSHARE_SHARING_DISCOVERY="true",
+        LANSHARE_REPO_COLLECTION_ID="org.example.Os",
+    )
+    with loopback_host_context() as lan, open(tmp_path / "serve.log", "wb") as log:
+        probe = Probe(lan, "solo", "127.0.0.1")
+        try:
+            proc = lan.python(
+                "solo", "-m", "lanshare.cli", "serve", "--config", str(config),
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            notify_socket.expect("READY=1")
+            for type_ in (LANSHARE, OSTREE):
+                probe.wait_for("added", type_)
+            assert (state / daemon.LAN_ADDRESS_FILE).exists() and (state / "status-address").exists()
+            proc.send_signal(signal.SIGTERM)
+            notify_socket.expect("STOPPING=1")
+            for type_ in (LANSHARE, OSTREE):
+                probe.wait_for("removed", type_)  # goodbyes, not a 1125 s wait
+            assert proc.wait(30) == 0
+        finally:
+            probe.close()
+    assert not (state / daemon.LAN_ADDRESS_FILE).exists() and not (state / "status-address").exists()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in text and "ERROR" not in text, text
