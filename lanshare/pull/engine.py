@@ -34,12 +34,13 @@ from lanshare.pull.http import Timeouts
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
 from lanshare.pull.verify import TrustPolicy, VerifiedCommit, check_not_older, verify_commit
-from lanshare.wire import ObjectName
+from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
 
 log = logging.getLogger(__name__)
 
 # A fetch of at least this many objects is dealt out to every peer holding the whole commit.
 SPREAD_MIN_OBJECTS = 64
+_SPREAD_MIN_BATCH = 16
 
 Phase = Literal["metadata", "content"]
 
@@ -480,8 +481,9 @@ class _Pull:
     async def _spread(self, names: list[ObjectName]) -> list[ObjectName]:
         """Fetch ``names`` from every peer holding the whole commit at once; returns what none served.
 
-        The work is cut into chunks that each peer takes in turn, so a fast peer serves more; a peer
-        that fails stops taking chunks and its unserved objects go back to the normal fallback.
+        Each peer gets ``parallel`` workers taking batches from one queue, so a fast peer serves
+        more; a peer that fails stops taking batches and what it did not serve goes back to the
+        normal fallback.
         """
         holders = [
             s
@@ -491,23 +493,23 @@ class _Pull:
         if len(holders) < 2:
             return names
         parallel = self.options.parallel
-        size = max(parallel * 16, len(names) // (len(holders) * 4))
-        chunks = iter([names[i : i + size] for i in range(0, len(names), size)])
+        size = min(max(_SPREAD_MIN_BATCH, -(-len(names) // (len(holders) * parallel))), MAX_BATCH_OBJECTS)
+        batches = iter([names[i : i + size] for i in range(0, len(names), size)])
+        # Interleaved, so that the first batches go to every peer, not all to the first one.
+        workers = iter([source for _ in range(parallel) for source in holders])
         left: list[ObjectName] = []
 
-        peers = iter(holders)
-
         async def serve() -> None:
-            source = next(peers)
-            for chunk in chunks:
-                missing = await source.fetch(chunk, self._sink, parallel)
-                left.extend(n for n in chunk if n in missing)
+            source = next(workers)
+            for batch in batches:
+                missing = await source.fetch(batch, self._sink, 1)
+                left.extend(n for n in batch if n in missing)
                 if not source.usable:
                     return
 
-        await run_workers(len(holders), serve)
-        for chunk in chunks:  # chunks nobody took: every holder failed
-            left.extend(chunk)
+        await run_workers(len(holders) * parallel, serve)
+        for batch in batches:  # batches nobody took: every holder failed
+            left.extend(batch)
         return left
 
     async def _sink(self, source: Source, name: ObjectName, payload: bytes | BinaryIO) -> int:
