@@ -76,7 +76,9 @@ async def _page(request: web.Request) -> web.Response:
 async def _api_status(request: web.Request) -> web.Response:
     status = await request.app[COLLECTOR].snapshot()
     return web.Response(
-        text=json.dumps(status, indent=2, sort_keys=True) + "\n", content_type="application/json"
+        # Compact: with thousands of commits the document runs to megabytes.
+        text=json.dumps(status, separators=(",", ":"), sort_keys=True),
+        content_type="application/json",
     )
 
 

@@ -10,7 +10,8 @@ Three parts, three cadences:
   when the chain changed or ``RETENTION_TTL`` passed, and never sooner after the previous run than
   ``RETENTION_DUTY`` times its duration, keeping it under a tenth of one core.  Snapshots show the
   last finished plan, saying when it was computed and whether a newer one is on its way; a request
-  waits up to ``RETENTION_WAIT`` for a plan in progress, which on a small repository is enough.
+  waits up to ``RETENTION_WAIT`` for a new plan (only the first request waits for a given plan),
+which on a small repository is enough.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class StatusCollector:
     _retention_next: float = 0.0
     _retention_error: str | None = None
     _retention_task: asyncio.Future[Json] | None = None
+    _waited: asyncio.Future[Json] | None = None
 
     async def snapshot(self) -> Json:
         """The current status (at most SNAPSHOT_TTL old)."""
@@ -155,7 +157,13 @@ class StatusCollector:
         if stale and self._retention_task is None and now >= self._retention_next:
             self._start_retention(key)
         task = self._retention_task
-        if task is not None and (self._retention is None or key != self._retention_key):
+        # Wait once per plan: on a big repository the next requests answer at once with what is known.
+        if (
+            task is not None
+            and task is not self._waited
+            and (self._retention is None or key != self._retention_key)
+        ):
+            self._waited = task
             await asyncio.wait([task], timeout=RETENTION_WAIT)
 
     def _start_retention(self, key: object) -> None:
