@@ -208,6 +208,60 @@ def test_loopback_adverts_txt_updates_and_goodbye(tmp_path: Path, solo: NetnsLan
         probe.close()
 
 
+PAUSABLE = """
+import asyncio, sys
+from pathlib import Path
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncZeroconf
+from lanshare.discovery.advertise import Advertiser
+from lanshare.ostree.repo import Repo
+from lanshare.server.holdings import Holdings
+
+async def main():
+    repo = Repo.open(Path(sys.argv[1]))
+    node = "ab" * 16
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    advertiser = Advertiser(zc, Holdings(repo, node), repo, node, 8089, ["127.0.0.1"])
+    await advertiser.start()
+    print("started", flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        await advertiser.set_paused(line.strip() == "pause")
+        print("done", flush=True)
+    await advertiser.stop()
+    await zc.async_close()
+
+asyncio.run(main())
+"""
+
+
+def test_adverts_are_withdrawn_while_sharing_is_paused(tmp_path: Path, solo: NetnsLan) -> None:
+    """The SharingSwitch listener: paused (battery, metered) sends goodbyes; resumed announces again."""
+    served = make_served(tmp_path, "")
+    probe = Probe(solo, "solo", "127.0.0.1")
+    proc = solo.python(
+        "solo", "-c", PAUSABLE, served.repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "started\n"
+        for type_ in (LANSHARE, OSTREE):
+            probe.wait_for("added", type_)
+        for command, event in (("pause", "removed"), ("resume", "added")):
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "done\n"
+            for type_ in (LANSHARE, OSTREE):
+                assert probe.wait_for(event, type_)["name"] == f"lanshare-{'ab' * 16}.{type_}"
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        for type_ in (LANSHARE, OSTREE):
+            probe.wait_for("removed", type_)
+    finally:
+        probe.close()
+        proc.stdout.close()
+
+
 def test_an_unknown_interface_stops_the_daemon_with_one_line(tmp_path: Path, solo: NetnsLan) -> None:
     served = make_served(tmp_path, 'interfaces = ["wlan7"]\n')
     done = solo.run(

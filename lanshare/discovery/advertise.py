@@ -33,6 +33,7 @@ from lanshare.discovery.txt import (
     MAX_OSTREE_BLOOM_BYTES,
     LanshareTxt,
     OstreeRepoTxt,
+    TxtError,
     encode_lanshare_txt,
     encode_ostree_txt,
     lanshare_txt_from_info,
@@ -331,7 +332,12 @@ async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
                 binding.advertised,
             )
             app[ADVERTISER] = advertiser
-            await advertiser.start()
+            try:
+                await advertiser.start()
+            except TxtError as e:
+                raise daemon.DaemonError(
+                    f"cannot advertise on mDNS: {e} (or set [sharing] advertise = false)"
+                ) from e
             app[daemon.SHARING].subscribe(advertiser.set_paused)
         yield
     finally:

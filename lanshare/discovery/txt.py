@@ -74,6 +74,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # As lanshare.ostree.repo.validate_collection_id (libostree accepts hyphens too).
 _COLLECTION_ID = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*(?:\.[A-Za-z_-][A-Za-z0-9_-]*)+")
 _MAX_COLLECTION_ID = 255
+# One TXT string is at most 255 bytes, two of which are "c=".
+MAX_TXT_COLLECTION_ID = 253
 _VERSION_RE = re.compile(r"[0-9]{1,5}")
 
 
@@ -167,6 +169,11 @@ def lanshare_txt_from_info(info: dict[str, object]) -> LanshareTxt:
 
 def encode_lanshare_txt(txt: LanshareTxt) -> bytes:
     """Raw TXT RDATA for ``_lanshare._tcp`` (at most MAX_LANSHARE_TXT bytes)."""
+    if txt.collection_id is not None and len(txt.collection_id) > MAX_TXT_COLLECTION_ID:
+        raise TxtTooLarge(
+            f"collection id of {len(txt.collection_id)} characters does not fit in the _lanshare._tcp TXT"
+            f" record (at most {MAX_TXT_COLLECTION_ID})"
+        )
     fields = [f"v={txt.version}", f"n={txt.node_id}"]
     if txt.collection_id is not None:
         fields.append(f"c={txt.collection_id}")
