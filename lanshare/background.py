@@ -8,7 +8,9 @@ round tries again, the daemon never stops for it.
 
 - **Origin poll** (only with ``[origin] url``): a round at start, then every ``poll_interval``
   ± 10 % (jitter, so a fleet switched on together does not hit the origin together).
-- **LAN convergence**: every :data:`LAN_INTERVAL` seconds, look at what each peer holds; when one
+- **LAN convergence**: every :data:`LAN_INTERVAL` seconds, look at what each peer holds (the peer
+  table, a local read; static peers missing from it are asked at most every
+  :data:`STATIC_PROBE_INTERVAL` seconds); when one
   holds a head or checkpoint of a followed ref that is missing here, run a round.  A set of
   missing commits that a round could not fetch is not retried until it changes or
   :data:`RETRY_AFTER` passes, so a peer offering something unacceptable cannot keep us busy.
@@ -49,8 +51,10 @@ from lanshare.retention import PinRule, RetentionPolicy
 
 log = logging.getLogger(__name__)
 
-# Seconds between looks at what the peers hold, and how long before a failed set is retried.
-LAN_INTERVAL = 10.0
+# Seconds between looks at what the peers hold, between HTTP probes of static peers the table
+# lacks, and before a set of commits that could not be fetched is tried again.
+LAN_INTERVAL = 2.0
+STATIC_PROBE_INTERVAL = 10.0
 RETRY_AFTER = 600.0
 JITTER = 0.10
 _PROBE_TIMEOUTS = Timeouts(connect=3.0, read=5.0, low_speed_time=5.0)
@@ -138,9 +142,13 @@ class Background:
         options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
         self.follower = Follower(repo, self.plan, options, index)
         self.rounds = 0  # completed rounds, for tests and the status page
+        # Refs the followed ones led to through checkpoint targets (os/stable → os/stable-v2):
+        # a peer's newer commit on one of them is worth fetching too.
+        self.chain_refs: set[str] = set()
         self.last_report: FollowReport | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: tuple[frozenset[str], float] | None = None
+        self._probed_at = -STATIC_PROBE_INTERVAL
 
     def plan(self) -> list[PlanEntry]:
         """``[pull] order`` over the fleet's peers and the origin."""
@@ -177,6 +185,7 @@ class Background:
             await asyncio.to_thread(self.fleet.refresh, self.index)
             log.debug("%s: following %s", why, ", ".join(refs))
             report = await self.follower.follow(refs)
+            self.chain_refs.update(report.heads)
             for error in report.errors:
                 log.warning("%s: %s", why, error)
             if report.changed:
@@ -241,7 +250,7 @@ class Background:
         views = await self._peer_views()
         if not views:
             return None
-        refs = await asyncio.to_thread(self.followed_refs)
+        refs = sorted({*await asyncio.to_thread(self.followed_refs), *self.chain_refs})
         missing = await asyncio.to_thread(self._missing, views, refs)
         if not missing:
             return None
@@ -280,7 +289,9 @@ class Background:
         ]
         known = {_host_port(v.url) for v in views}
         to_probe = [u for u in self.fleet.static_urls if _host_port(u) not in known]
-        if to_probe:
+        now = time.monotonic()
+        if to_probe and now - self._probed_at >= STATIC_PROBE_INTERVAL:
+            self._probed_at = now
             async with aiohttp.ClientSession(timeout=_PROBE_TIMEOUTS.client_timeout()) as session:
                 probed = await asyncio.gather(*(self._probe(session, u) for u in to_probe))
             views += [v for v in probed if v is not None]

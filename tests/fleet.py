@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,15 +44,21 @@ def publish_chain(base: Path, gpg_keys: GpgKeys) -> Chain:
     repo = base / "origin-repo"
     sign = ["--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", str(gpg_keys.homedir)]
     trees = {f"v{n}": build_tree(base / f"tree{n}", n) for n in range(1, 6)}
-    commits = {"v1": lanshare_commit(repo, "os/stable", trees["v1"], *sign)}
-    commits["v2"] = lanshare_commit(repo, "os/stable", trees["v2"], "--checkpoint", *sign)
-    commits["v3"] = lanshare_commit(repo, "os/stable", trees["v3"], *sign)
+    # A day apart, ending an hour ago, as releases are: "newer" must not hinge on a shared second.
+    now = int(time.time()) - 3600
+
+    def at(n: int) -> list[str]:
+        return ["--timestamp", str(now - (5 - n) * 86400), *sign]
+
+    commits = {"v1": lanshare_commit(repo, "os/stable", trees["v1"], *at(1))}
+    commits["v2"] = lanshare_commit(repo, "os/stable", trees["v2"], "--checkpoint", *at(2))
+    commits["v3"] = lanshare_commit(repo, "os/stable", trees["v3"], *at(3))
     commits["v4"] = lanshare_commit(
-        repo, "os/stable", trees["v4"], "--checkpoint-target", "os/stable-v2", *sign
+        repo, "os/stable", trees["v4"], "--checkpoint-target", "os/stable-v2", *at(4)
     )
     source = f"os/stable@{commits['v4']}"
     commits["v5"] = lanshare_commit(
-        repo, "os/stable-v2", trees["v5"], "--parent", "none", "--checkpoint-source", source, *sign
+        repo, "os/stable-v2", trees["v5"], "--parent", "none", "--checkpoint-source", source, *at(5)
     )
     return Chain(repo, commits, gpg_keys.trusted.keyring)
 

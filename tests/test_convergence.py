@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ async def test_three_daemons_one_fed_by_an_origin_all_hold_the_chain(
     tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(background, "LAN_INTERVAL", 0.5)
+    monkeypatch.setattr(background, "STATIC_PROBE_INTERVAL", 0.5)
     async with static_origin(chain.repo) as origin:
         # A: online, follows os/stable from the origin.
         write_config(
@@ -99,3 +103,70 @@ async def _check_status_pages(chain: Chain, nodes: list[Any]) -> None:
         text = json.dumps(status)
         for commit in [*chain.checkpoints, *chain.heads.values()]:
             assert commit in text, (commit, status)
+
+
+ORIGIN_PORT = 8700  # inside host a's own namespace: nothing else listens there
+
+
+def test_three_machines_on_a_namespace_lan_find_each_other_by_mdns_and_converge(
+    tmp_path: Path, chain: Chain
+) -> None:
+    """The same fleet as real machines: processes in three namespaces, peers found only by mDNS."""
+    from tests.lan_daemons import LanDaemon, wait_for
+    from tests.netns import netns_lan_context, require_namespaces
+
+    require_namespaces()
+    common = (
+        f'[trust]\ngpg_keyring = "{chain.keyring}"\n'
+        '[sharing]\nlisten = "0.0.0.0:8089"\ninterfaces = ["eth0"]\n'
+        '[status]\nlisten = "127.0.0.1:0"\n'
+    )
+    with netns_lan_context(3) as lan:
+        origin = f"http://{lan['a'].address}:{ORIGIN_PORT}/"
+        lan.python(
+            "a", "-m", "http.server", "--bind", lan["a"].address, "--directory", str(chain.repo),
+            str(ORIGIN_PORT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: _fetch(lan, "a", origin + "config") is not None, "the origin to serve")
+        a = LanDaemon(lan, "a", tmp_path / "a").configure(
+            common + f'[origin]\nurl = "{origin}"\nrefs = ["os/stable"]\n'
+        )
+        b = LanDaemon(lan, "b", tmp_path / "b").configure(common + '[origin]\nrefs = ["os/stable"]\n')
+        # C deployed v1 long ago and follows what it holds; it gets v1 with the ostree CLI.
+        c = LanDaemon(lan, "c", tmp_path / "c").configure(common)
+        ostree("init", f"--repo={c.repo}", "--mode=archive")
+        ostree("pull-local", f"--repo={c.repo}", str(chain.repo), chain.commits["v1"])
+        ostree("refs", f"--repo={c.repo}", "--create=os/stable", chain.commits["v1"])
+        started = time.monotonic()
+        for daemon_ in (a, b, c):
+            daemon_.start()
+        try:
+            for daemon_ in (a, b, c):
+                remaining = CONVERGENCE_DEADLINE - (time.monotonic() - started)
+                wait_for(
+                    lambda d=daemon_: holds_chain(Repo.open(d.repo), chain),  # type: ignore[misc]
+                    f"{daemon_.host} to hold the chain",
+                    timeout=max(remaining, 0.1),
+                    every=0.5,
+                )
+            for daemon_ in (a, b, c):
+                status_address = (daemon_.state / "status-address").read_text().strip()
+                text = _fetch(lan, daemon_.host, f"http://{status_address}/api/v1/status")
+                assert text is not None
+                for commit in [*chain.checkpoints, *chain.heads.values()]:
+                    assert commit in text, (daemon_.host, commit)
+            # B and C learnt of A (and of each other) by mDNS alone: no peers were configured.
+            assert len(b.table()) == 2 and len(c.table()) == 2
+        finally:
+            for daemon_ in (a, b, c):
+                daemon_.stop()
+    for daemon_ in (a, b, c):
+        assert daemon_.proc is not None and daemon_.proc.returncode == 0, daemon_.log.read_text()
+        assert "no errors found" in ostree("fsck", f"--repo={daemon_.repo}").stdout
+
+
+def _fetch(lan: Any, host: str, url: str) -> str | None:
+    """GET ``url`` from inside ``host``'s namespace; None when it does not answer."""
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    done = lan.run(host, [sys.executable, "-c", code, url], check=False)
+    return str(done.stdout) if done.returncode == 0 else None
