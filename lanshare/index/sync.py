@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
+from lanshare.index.db import SQLITE_BEGIN
 from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, Transfer, TransferState, utcnow
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
@@ -115,7 +116,10 @@ def last_used(engine: Engine) -> dict[str, float]:
 def record_commits(engine: Engine, repo: Repo, commits: Iterable[str], ref: str | None = None) -> None:
     """Add or refresh the index rows of ``commits`` (held in ``repo``) and of ``ref``, after a pull."""
     partial = repo.partial_commits()
-    with Session(engine) as session, session.begin():
+    # Reads then writes: on SQLite take the write lock up front, or a concurrent writer makes the
+    # upgrade fail at once instead of waiting.
+    writer = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+    with Session(writer) as session, session.begin():
         for checksum in commits:
             if not repo.has_object(checksum, ObjectType.COMMIT):
                 continue
