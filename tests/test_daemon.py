@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from lanshare import background, daemon, sdnotify
 from lanshare.background import Background
 from lanshare.index.db import open_index
-from lanshare.index.models import Commit, Transfer, TransferState
+from lanshare.index.models import Commit, Pin, Transfer, TransferState
 from lanshare.ostree.repo import Repo
 from lanshare.power import SharingSwitch, on_battery
 from lanshare.pull import PullOptions, SourceSpec, TrustPolicy, pull
@@ -200,6 +200,7 @@ def test_serve_from_an_empty_state_dir_notifies_systemd_stops_cleanly_and_keeps_
         monkeypatch.setenv("LANSHARE_TRUST_GPG_KEYRING", str(chain.keyring))
         assert lanshare("pull", "os/stable", "--from", origin, *keyring) == 0
         assert _get_json(f"http://{lan}/lanshare/v1/info")["refs"] == {"os/stable": chain.commits["v4"]}
+        assert lanshare("pin", chain.commits["v4"], "--reason", "lab", *keyring) == 0
         node_id = info["node_id"]
         assert _terminate(proc) == 0, (tmp_path / "serve.log").read_text()
         notify_socket.expect("STOPPING=1")
@@ -222,6 +223,9 @@ def test_serve_from_an_empty_state_dir_notifies_systemd_stops_cleanly_and_keeps_
         assert info["refs"] == {"os/stable": chain.commits["v4"]}
         with Session(engine) as session:
             assert session.get(Commit, chain.commits["v4"]) is not None
+            assert [(p.commit, p.reason) for p in session.scalars(select(Pin))] == [
+                (chain.commits["v4"], "lab")
+            ]
             states = {t.commit: (t.state, t.error) for t in session.scalars(select(Transfer))}
         assert states[chain.commits["v4"]] == (TransferState.DONE, None)
         stale_state, stale_error = states[chain.commits["v5"]]
