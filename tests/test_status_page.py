@@ -62,7 +62,13 @@ class Fleet:
 
 
 def _status_url(daemon: Daemon) -> str:
-    return "http://" + (daemon.state / STATUS_ADDRESS_FILE).read_text().strip()
+    """The daemon's status listener, once up (it starts just after the LAN listener _start waits for)."""
+    address = daemon.state / STATUS_ADDRESS_FILE
+    deadline = time.monotonic() + 30
+    while not address.exists():
+        assert daemon.proc.poll() is None and time.monotonic() < deadline, daemon.log.read_text()
+        time.sleep(0.05)
+    return "http://" + address.read_text().strip()
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
