@@ -209,15 +209,13 @@ async def _watchdog(interval: float) -> None:
 
 
 def create_app(config: Config) -> web.Application:
-    """The daemon application: node id, repository, index and the LAN listener, in start order."""
+    """The daemon application, its resources in start order (they stop in reverse)."""
     app = web.Application()
     app[CONFIG] = config
     app[SHARING] = SharingSwitch(config.sharing)
     app.cleanup_ctx.extend(
         [_node_id, _repo, _index, _lan_listener, advertise_ctx, discovery_ctx, status_listener_ctx]
     )
-    # Next, each its own cleanup_ctx entry after the LAN listener: the status listener (this
-    # application itself, served on [status] listen) and mDNS advertising/discovery.
     # Then background work (origin poll, LAN convergence, retention), once peers can be found…
     app.cleanup_ctx.append(_background)
     # …and, always last, telling systemd we are ready (and, first on shutdown, stopping).
