@@ -2,8 +2,9 @@
 
 Each resource is a ``cleanup_ctx`` entry stored under a typed :class:`web.AppKey`; they start in
 order and stop in reverse, and only those that started are stopped.  The LAN listener is itself
-such a resource: its own application and runner on ``[sharing] listen``, stopped first so
-in-flight responses finish while the repository and index are still open.
+such a resource: its own application and runner on ``[sharing] listen``.  On SIGTERM systemd hears
+STOPPING first, background work is cancelled, the mDNS adverts say goodbye, then the listeners
+let in-flight responses finish while the repository and index are still open.
 """
 
 from __future__ import annotations
