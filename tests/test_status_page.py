@@ -38,6 +38,7 @@ from lanshare.index.models import Peer, utcnow
 from lanshare.status.app import STATUS_ADDRESS_FILE
 from lanshare.status.model import SCHEMA_FILE
 from lanshare.status.page import render_page
+from lanshare.status.svg import chain_svg
 from tests.conftest import build_tree
 from tests.test_ostree_oracle import lanshare_commit
 from tests.test_serve import SOURCE_ROOT, Daemon, _start, _stop
@@ -456,3 +457,25 @@ def test_an_empty_daemon_reports_what_it_cannot_know(tmp_path: Path) -> None:
     finally:
         assert _stop(server) == 0, server.log.read_text()
     assert not (server.state / STATUS_ADDRESS_FILE).exists()
+
+
+def test_a_long_history_is_trimmed_with_the_gap_marked() -> None:
+    # 40 plain commits and one checkpoint in the middle: the checkpoint, the newest 12 and a
+    # dashed link over the 18 in between are drawn (a snapshot's chain, built by hand).
+    def commit(n: int) -> dict[str, Any]:
+        return {
+            "checksum": f"{n:064x}", "ref": "os/stable", "parent": f"{n - 1:064x}" if n else None,
+            "timestamp": f"2026-01-01T00:{n:02d}:00+00:00", "version": str(n), "subject": "",
+            "checkpoint": n == 10, "target": None, "checkpoint_source": None, "complete": True,
+            "kept": ["kept"], "commit_only": [], "evictable": False, "deployed": False, "path_step": None,
+        }  # fmt: skip
+
+    chain = {"commits": [commit(n) for n in reversed(range(41))], "switches": []}
+    svg = chain_svg(chain, ["os/stable"])
+    root = ElementTree.fromstring(svg[: svg.index("</svg>") + 6])
+    ns = "{http://www.w3.org/2000/svg}"
+    drawn = {int(str(g.get("data-commit")), 16) for g in root.iter(f"{ns}g")}
+    assert drawn == {10, *range(29, 41)}
+    elided = [line for line in root.iter(f"{ns}line") if line.get("class") == "parent elided"]
+    assert [line.findtext(f"{ns}title") for line in elided] == ["18 commits not drawn"]
+    assert "28 more commits not drawn" in svg

@@ -70,14 +70,17 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _page(request: web.Request) -> web.Response:
     status = await request.app[COLLECTOR].snapshot()
-    return web.Response(text=render_page(status), content_type="text/html", charset="utf-8")
+    # Rendering thousands of commits takes a while: off the event loop the LAN listener shares.
+    html = await asyncio.to_thread(render_page, status)
+    return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
 async def _api_status(request: web.Request) -> web.Response:
     status = await request.app[COLLECTOR].snapshot()
+    # Compact: with thousands of commits the document runs to megabytes.
+    text = await asyncio.to_thread(json.dumps, status, separators=(",", ":"), sort_keys=True)
     return web.Response(
-        # Compact: with thousands of commits the document runs to megabytes.
-        text=json.dumps(status, separators=(",", ":"), sort_keys=True),
+        text=text,
         content_type="application/json",
     )
 

@@ -267,7 +267,8 @@ vertical-align:top}th{font-weight:600;border-bottom:1px solid #ccc}code{font-siz
 .health.healthy{color:#15803d}.health.failing,.health.backing-off{color:#b91c1c}
 .scroll{overflow-x:auto}svg.chain{border:1px solid #e5e7eb;background:#fafafa}
 svg .lane{font-size:12px;font-weight:600;fill:#374151}svg .lane-line{stroke:#e5e7eb}
-svg .parent{stroke:#6b7280;stroke-width:2}svg .switch{stroke:#b45309;stroke-width:2;fill:none;
+svg .parent{stroke:#6b7280;stroke-width:2}svg .parent.elided{stroke-dasharray:2 4}
+svg .switch{stroke:#b45309;stroke-width:2;fill:none;
 stroke-dasharray:5 3}svg .commit circle,svg .commit polygon{stroke:#1f2937;stroke-width:1.5}
 svg .kept circle,svg .kept polygon{fill:#16a34a}svg .commit-only circle,svg .commit-only polygon{fill:#fff}
 svg .evictable circle,svg .evictable polygon{fill:#9ca3af}

@@ -113,9 +113,24 @@ def _generations(commits: list[dict[str, Any]]) -> dict[str, int]:
     return found
 
 
+def _drawn_ancestor(
+    commit: dict[str, Any], drawn: dict[str, dict[str, Any]], parents: dict[str, str | None]
+) -> tuple[dict[str, Any] | None, int]:
+    """The nearest drawn ancestor through held parents, and how many held commits lie between."""
+    skipped = 0
+    checksum = commit["parent"]
+    while checksum is not None and checksum not in drawn and checksum in parents:
+        skipped += 1
+        checksum = parents[checksum]
+        if skipped > len(parents):
+            return None, 0  # a parent loop in a corrupt history
+    return (drawn[checksum], skipped) if checksum in drawn else (None, 0)
+
+
 def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
     """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``."""
     drawn, hidden = drawn_commits(chain, refs)
+    parents = {c["checksum"]: c["parent"] for c in chain["commits"]}
     lanes = [r for r in refs if any(c["ref"] == r for c in drawn)]
     if not drawn:
         return '<p class="empty">No commits held yet.</p>'
@@ -141,11 +156,17 @@ def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
         )
     by_checksum = {c["checksum"]: c for c in drawn}
     for commit in drawn:
-        parent = by_checksum.get(commit["parent"] or "")
+        parent, skipped = _drawn_ancestor(commit, by_checksum, parents)
         if parent is not None:
+            # Dashed: commits between the two are held but not drawn.
+            css, title = (
+                ("parent elided", f"<title>{skipped} commits not drawn</title>")
+                if skipped
+                else ("parent", "")
+            )
             out.append(
-                f'<line class="parent" x1="{x[parent["checksum"]]}" y1="{y[parent["ref"]]}" '
-                f'x2="{x[commit["checksum"]]}" y2="{y[commit["ref"]]}"/>'
+                f'<line class="{css}" x1="{x[parent["checksum"]]}" y1="{y[parent["ref"]]}" '
+                f'x2="{x[commit["checksum"]]}" y2="{y[commit["ref"]]}">{title}</line>'
             )
     for switch in chain["switches"]:
         start, end = by_checksum.get(switch["from_commit"]), by_checksum.get(switch["to_commit"] or "")
