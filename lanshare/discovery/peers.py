@@ -2,9 +2,10 @@
 
 Rows live in the index (:class:`~lanshare.index.models.Peer`), so ``lanshare peers`` and a pull
 run from the command line read what the daemon learnt.  Liveness comes from HTTP, not from mDNS
-(python-zeroconf keeps a crashed peer's browse entry for at least 1125 s): the daemon GETs every
-peer's ``/lanshare/v1/info`` every few seconds, and a peer that fails ``DOWN_AFTER`` checks in a row
-is marked down.  The pull engine writes to the same rows (:mod:`lanshare.pull.records`): bytes,
+(python-zeroconf keeps a crashed peer's browse entry for at least 1125 s): every few seconds the
+daemon asks each peer for ``/lanshare/v1/info`` — a HEAD, and now and then (or after a miss) a GET
+that also refreshes the holdings and checks the node id — and a peer that fails ``DOWN_AFTER``
+checks in a row is marked down.  The pull engine writes to the same rows (:mod:`lanshare.pull.records`): bytes,
 rate, and a back-off for a peer that failed or served bad data, which a good health check does
 not lift before it ends.
 """
@@ -20,7 +21,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from sqlalchemy import Engine, delete, select
@@ -28,13 +29,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from lanshare import wire
 from lanshare.discovery.quiet_log import QuietLog
 from lanshare.errors import Error
 from lanshare.index.db import SQLITE_BEGIN
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import is_checksum
 from lanshare.pull.errors import SourceFailure
-from lanshare.pull.http import Timeouts
+from lanshare.pull.http import Timeouts, check_status, request
 from lanshare.pull.sources import SourceSpec, probe_info
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,17 @@ CHECK_INTERVAL = 2.0
 CHECK_TIMEOUT = 2.0
 DOWN_AFTER = 3
 MAX_CHECK_INTERVAL = 60.0
+# Most checks are a HEAD of the info document (cheap for both sides); every this many checks,
+# and whenever a peer did not answer, the whole document is fetched and the node id checked.
+FULL_CHECK_EVERY = 15
 # At most this many addresses are kept per peer, and this many checks run at once.
 MAX_ADDRESSES = 8
 _PARALLEL_CHECKS = 8
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_REFS = 10_000
+
+INFO_PATH = wire.API_PREFIX.lstrip("/") + "/info"
 
 # Re-resolves a peer over mDNS: its current addresses, or () when nobody answers.
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
@@ -142,9 +149,14 @@ class PeerTable:
                 peer.holdings_digest = sighting.holdings_digest
                 peer.newest_checkpoint = sighting.newest_checkpoint
                 peer.collection_id = sighting.collection_id
-            # A back-off after bad data outlasts good health checks: HTTP working proves nothing.
-            if peer.backoff_until is None or peer.backoff_until <= now:
-                peer.healthy, peer.failures, peer.backoff_until = True, 0, None
+            _mark_up(peer, now)
+
+    def alive(self, node_id: str) -> None:
+        """A known peer answered a light health check: seen now, up unless backing off."""
+        with Session(self._writer) as session, session.begin():
+            peer = session.get(Peer, node_id)
+            if peer is not None:
+                _mark_up(peer, utcnow())
 
     def seen(self, node_id: str, addresses: Sequence[str], port: int) -> bool:
         """mDNS still announces a known peer at these addresses; False if the peer is unknown."""
@@ -178,10 +190,18 @@ class PeerTable:
             return list(session.scalars(select(Peer).order_by(Peer.last_seen.desc(), Peer.node_id)))
 
 
+def _mark_up(peer: Peer, now: dt.datetime) -> None:
+    peer.last_seen = now
+    # A back-off after bad data outlasts good health checks: HTTP working proves nothing.
+    if peer.backoff_until is None or peer.backoff_until <= now:
+        peer.healthy, peer.failures, peer.backoff_until = True, 0, None
+
+
 @dataclass
 class _CheckState:
     next_check: float = 0.0
     failures: int = 0
+    checks: int = 0
 
 
 class HealthMonitor:
@@ -247,6 +267,15 @@ class HealthMonitor:
             await asyncio.to_thread(self.table.record, sighting)
         self._done(f"url:{url}", sighting is not None)
 
+    async def _answers(self, session: aiohttp.ClientSession, url: str) -> bool:
+        """Whether the listener at ``url`` answers a HEAD of its info document with 200."""
+        async with self._slots:
+            try:
+                async with request(session, "HEAD", urljoin(url, INFO_PATH), self.timeouts) as response:
+                    return check_status(response)
+            except SourceFailure:
+                return False
+
     async def probe(
         self, session: aiohttp.ClientSession, url: str, addresses: Sequence[str], port: int
     ) -> Sighting | None:
@@ -264,6 +293,13 @@ class HealthMonitor:
     async def _check(
         self, session: aiohttp.ClientSession, node_id: str, addresses: tuple[str, ...], port: int
     ) -> None:
+        state = self._state.setdefault(node_id, _CheckState())
+        state.checks += 1
+        light = state.failures == 0 and state.checks % FULL_CHECK_EVERY != 1
+        if light and addresses and await self._answers(session, peer_url(addresses[0], port)):
+            await asyncio.to_thread(self.table.alive, node_id)
+            self._done(node_id, True)
+            return
         sighting = await self.reach(session, node_id, addresses, port)
         if sighting is None and self.resolver is not None:
             # The peer may have moved (DHCP): ask mDNS where it is now, and try there.
