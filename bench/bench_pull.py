@@ -206,6 +206,7 @@ class BenchResult:
     ways: dict[str, Way]
     private_net: bool
     peak_reset: bool
+    load: list[tuple[float, float, float]] = field(default_factory=list)  # at start and end of runs
     checks: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -374,6 +375,7 @@ def run_bench(
         result = BenchResult(
             stats, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
         )
+        result.load.append(os.getloadavg())
         for round_no in range(rounds):
             order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
             log(f"round {round_no + 1}/{rounds}: " + ", ".join(w.key for w in order))
@@ -395,6 +397,7 @@ def run_bench(
                     result.checks.append(way.key)
                 if not keep or round_no < rounds - 1:
                     shutil.rmtree(repo.parent)
+        result.load.append(os.getloadavg())
         return result
     finally:
         for server in servers:
@@ -417,7 +420,9 @@ def format_report(result: BenchResult, rounds: int) -> str:
         f"{'yes' if not result.failures else 'NO'}",
         "",
         f"median of {rounds} rounds, order alternating; fresh empty target repository per run; page "
-        f"cache not dropped (warm); {os.cpu_count()} CPUs shared with other work (see uptime)",
+        f"cache not dropped (warm); {os.cpu_count()} CPUs shared with other work, load average "
+        + " -> ".join("/".join(f"{x:.1f}" for x in load) for load in result.load)
+        + " (1/5/15 min, before -> after the runs)",
         "client: wall, CPU-s (wait4), peak RSS ("
         + ("GNU time" if GNU_TIME else "wait4, upper bound")
         + "); server: CPU-s (/proc/PID/stat), peak RSS (VmHWM"
@@ -454,6 +459,11 @@ def format_report(result: BenchResult, rounds: int) -> str:
     c = w["ostree-lanshare"].server_peak_mb
     lo = {key: way.median(lambda r: r.lo_bytes) for key, way in w.items()}
 
+    def cpu(key: str) -> float:
+        return w[key].median(lambda r: r.client.cpu)
+
+    base_cpu = cpu("ostree-nginx")
+
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "MISS"
 
@@ -463,6 +473,8 @@ def format_report(result: BenchResult, rounds: int) -> str:
         f"{verdict(a <= GOAL_A)}",
         f"(b) ostree pull <- lanshare / ostree pull <- nginx, wall: {b:.2f} (goal <= {GOAL_B}) "
         f"{verdict(b <= GOAL_B)}",
+        f"    client CPU-s, same ratios (no goal; steadier than wall on a loaded machine): "
+        f"(a) {cpu('lanshare') / base_cpu:.2f}, (b) {cpu('ostree-lanshare') / base_cpu:.2f}",
         f"(c) lanshare serve peak RSS during (b): {c:.0f} MB (goal <= {GOAL_C_MB} MB) "
         f"{verdict(c <= GOAL_C_MB)}",
         f"(d) bytes on lo: (a) lanshare pull {_mb(lo['lanshare'])} vs (b) ostree pull from lanshare "
