@@ -36,10 +36,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lanshare.config import Config
+from lanshare.discovery.peers import peer_url
 from lanshare.errors import Error
 from lanshare.follow import Follower, FollowReport
 from lanshare.index import sync
-from lanshare.index.models import Peer
+from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX, refresh_summary
@@ -63,11 +64,6 @@ _PROBE_TIMEOUTS = Timeouts(connect=3.0, read=5.0, low_speed_time=5.0)
 def jittered(seconds: float) -> float:
     """``seconds`` ± 10 %."""
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
-
-
-def _peer_url(address: str, port: int) -> str:
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}/"
 
 
 @dataclass(frozen=True)
@@ -104,12 +100,16 @@ class FleetPeers:
 
     def table_urls(self) -> list[str]:
         """The base URL of each peer in the table."""
-        return [_peer_url(r.addresses[0], r.port) for r in self.rows]
+        return [peer_url(r.addresses[0], r.port) for r in self.rows]
 
     def peer_specs(self) -> Sequence[SourceSpec]:
-        """Table peers first (healthy ones before the rest), then static URLs, without this node."""
-        rows = sorted(self.rows, key=lambda r: not r.healthy)
-        urls = [_peer_url(r.addresses[0], r.port) for r in rows] + list(self.static_urls)
+        """Table peers (as the peer table ranks them, down ones left out), then static URLs, not us."""
+        now = utcnow()
+        usable = [
+            r for r in self.rows if r.healthy or (r.backoff_until is not None and r.backoff_until <= now)
+        ]
+        rows = sorted(usable, key=lambda r: (not r.healthy, -(r.last_rate or 0.0), -r.last_seen.timestamp()))
+        urls = [peer_url(r.addresses[0], r.port) for r in rows] + list(self.static_urls)
         return [SourceSpec(u, "peer") for u in dict.fromkeys(urls) if u not in self.own_urls]
 
 
@@ -283,7 +283,7 @@ class Background:
     async def _peer_views(self) -> list[PeerView]:
         """What each peer holds: from the peer table, and by asking static peers it lacks."""
         views = [
-            PeerView(_peer_url(r.addresses[0], r.port), dict(r.holdings or {}), r.newest_checkpoint)
+            PeerView(peer_url(r.addresses[0], r.port), dict(r.holdings or {}), r.newest_checkpoint)
             for r in self.fleet.rows
             if r.healthy
         ]
