@@ -27,12 +27,14 @@ from aiohttp import web
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from lanshare.config import load_config
 from lanshare.discovery.peers import HealthMonitor, PeerTable, TablePeers, health_label
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.repo import Repo
-from lanshare.pull import PullOptions, SourceSpec, TrustPolicy, pull
+from lanshare.pull import PullOptions, SourceSpec, StaticPeers, TrustPolicy, pull
 from lanshare.pull.records import PeerKey, Recorder
+from lanshare.pull.sources import plan_from_config
 from lanshare.server import LanLimits, create_lan_app
 from tests.conftest import build_tree
 from tests.lan_daemons import LanDaemon, wait_for
@@ -375,3 +377,41 @@ def test_namespace_lan_appearance_txt_change_goodbye_crash_and_hostile_adverts(
     fake.send_signal(signal.SIGKILL)
     b.stop()
     assert b.proc is not None and b.proc.returncode == 0, b.log.read_text()[-3000:]
+
+
+# --- configuration: the discovery switch and static peers ------------------------------------------
+
+
+def test_the_discovery_switch_chooses_the_peer_table_or_static_peers_alone(tmp_path: Path) -> None:
+    static = '[sharing]\npeers = ["http://192.0.2.7:8089"]\n'
+    config = tmp_path / "on.toml"
+    config.write_text(f'[repo]\npath = "{tmp_path / "repo"}"\n{static}')
+    (lan,) = plan_from_config(load_config(config))
+    assert isinstance(lan, TablePeers) and lan.static_urls == ("http://192.0.2.7:8089",)
+    config.write_text(f'[repo]\npath = "{tmp_path / "repo"}"\n{static}discovery = false\n')
+    (lan,) = plan_from_config(load_config(config))
+    assert isinstance(lan, StaticPeers)
+    assert [s.url for s in lan.peer_specs()] == ["http://192.0.2.7:8089"]
+
+
+def test_with_discovery_off_static_peers_still_enter_the_table_and_are_checked(
+    tmp_path: Path,
+    loopback_host: NetnsLan,  # noqa: F811
+) -> None:
+    quiet = "advertise = false\ndiscovery = false\n"
+    x = make_daemon(loopback_host, "solo", tmp_path / "x", "127.0.0.1:0", "lo", 1)
+    x.config.write_text(x.config.read_text().replace("[sharing]\n", f"[sharing]\n{quiet}"))
+    x.start()
+    x_url = f"http://{(x.state / 'lan-address').read_text().strip()}/"
+    y = make_daemon(loopback_host, "solo", tmp_path / "y", "127.0.0.1:0", "lo", 2)
+    y.config.write_text(
+        y.config.read_text().replace("[sharing]\n", f'[sharing]\n{quiet}peers = ["{x_url}"]\n')
+    )
+    y.start()
+    wait_for(
+        functools.partial(lists_with_holdings, y, x, "os/x", Repo.open(x.repo).read_ref("os/x")),
+        "Y to check X",
+    )
+    x.kill()
+    wait_for(lambda: y.table()[x.node_id]["health"] == "down", "Y to mark X down")
+    y.stop()
