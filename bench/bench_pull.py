@@ -96,7 +96,11 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 class LanshareServer:
-    """A running ``lanshare serve`` on 127.0.0.1 serving ``repo``; config and state in ``base``."""
+    """``lanshare serve`` on 127.0.0.1 serving ``repo``; config and state in ``base``.
+
+    Started by the constructor; :meth:`wait_until_listening` gives it its URL (so that several can
+    start at once).
+    """
 
     def __init__(self, repo: Path, base: Path, env: dict[str, str]) -> None:
         base.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,12 @@ class LanshareServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        address = state / "lan-address"  # lanshare.daemon.LAN_ADDRESS_FILE, written once listening
+        self.address = state / "lan-address"  # lanshare.daemon.LAN_ADDRESS_FILE
+        self.url = ""
+
+    def wait_until_listening(self) -> None:
+        """Wait for the daemon to write its address (once it listens); BenchError if it fails."""
+        address = self.address
         deadline = time.monotonic() + 60
         while not address.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -357,16 +366,18 @@ def run_bench(
         objects, archive_bytes = _objects(source)
         shutil.rmtree(tree)
 
-        # The client's index, migrated once: a machine running lanshare already has one.
-        index_template = workdir / "index-template.sqlite"
-        open_index(f"sqlite:///{index_template}").dispose()
-
-        nginx = Nginx(source, workdir / "nginx")
-        servers.append(nginx)
-        by_name: dict[str, Nginx | LanshareServer] = {"nginx": nginx}
+        by_name: dict[str, Nginx | LanshareServer] = {}
         for name in ("lanshare-batch", "lanshare-archive"):
             by_name[name] = LanshareServer(source, workdir / name, tools.env)
             servers.append(by_name[name])
+        by_name["nginx"] = nginx = Nginx(source, workdir / "nginx")
+        servers.append(nginx)
+        # While the daemons start: the client's index, migrated once (a lanshare machine has one).
+        index_template = workdir / "index-template.sqlite"
+        open_index(f"sqlite:///{index_template}").dispose()
+        for server in servers:
+            if isinstance(server, LanshareServer):
+                server.wait_until_listening()
         log(f"serving {commit} ({objects} objects, {archive_bytes / 1e6:.1f} MB): "
             + ", ".join(f"{name} {server.url}" for name, server in by_name.items()))  # fmt: skip
 
