@@ -100,9 +100,19 @@ async def _check_status_pages(chain: Chain, nodes: list[Any]) -> None:
 
     for node in nodes:
         status = await asyncio.to_thread(_get_json, f"http://{node.app[STATUS_ADDRESS]}/api/v1/status")
-        text = json.dumps(status)
-        for commit in [*chain.checkpoints, *chain.heads.values()]:
-            assert commit in text, (commit, status)
+        assert_status_shows_chain(status, chain)
+
+
+def assert_status_shows_chain(status: dict[str, Any], chain: Chain) -> None:
+    """The status document's chain: every checkpoint held whole, each ref at its head."""
+    commits = {c["checksum"]: c for c in status["chain"]["commits"]}
+    for commit in [*chain.checkpoints, *chain.heads.values()]:
+        assert commit in commits and commits[commit]["complete"], (commit, status["chain"])
+    assert {c["checksum"] for c in commits.values() if c["checkpoint"] or c["target"]} >= set(
+        chain.checkpoints
+    )
+    heads = {r["name"]: r["head"] for r in status["refs"]}
+    assert all(heads.get(ref) == head for ref, head in chain.heads.items()), status["refs"]
 
 
 ORIGIN_PORT = 8700  # inside host a's own namespace: nothing else listens there
@@ -152,9 +162,8 @@ def test_three_machines_on_a_namespace_lan_find_each_other_by_mdns_and_converge(
             for daemon_ in (a, b, c):
                 status_address = (daemon_.state / "status-address").read_text().strip()
                 text = _fetch(lan, daemon_.host, f"http://{status_address}/api/v1/status")
-                assert text is not None
-                for commit in [*chain.checkpoints, *chain.heads.values()]:
-                    assert commit in text, (daemon_.host, commit)
+                assert text is not None, daemon_.host
+                assert_status_shows_chain(json.loads(text), chain)
             # B and C learnt of A (and of each other) by mDNS alone: no peers were configured.
             assert len(b.table()) == 2 and len(c.table()) == 2
         finally:
