@@ -479,3 +479,18 @@ def test_a_long_history_is_trimmed_with_the_gap_marked() -> None:
     elided = [line for line in root.iter(f"{ns}line") if line.get("class") == "parent elided"]
     assert [line.findtext(f"{ns}title") for line in elided] == ["18 commits not drawn"]
     assert "28 more commits not drawn" in svg
+
+
+def test_a_taken_status_port_stops_the_daemon_with_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    taken = urlsplit(fleet.status).port
+    config = tmp_path / "lanshare.toml"
+    config.write_text(f'[sharing]\nlisten = "127.0.0.1:0"\n[status]\nlisten = "127.0.0.1:{taken}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "lanshare.cli", "serve", "--config", str(config)],
+        cwd=SOURCE_ROOT, env={**os.environ, "LANSHARE_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lanshare: error: cannot listen on 127.0.0.1:{taken} ([status] listen): "), last
+    assert not (tmp_path / "state" / "lan-address").exists()  # the LAN listener it had started is gone
