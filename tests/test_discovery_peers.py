@@ -273,22 +273,42 @@ def lists_with_holdings(me: LanDaemon, other: LanDaemon, ref: str, commit: str |
     return row is not None and row["holdings"].get(ref) == commit
 
 
+def health_is(me: LanDaemon, other: LanDaemon, health: str) -> bool:
+    """Whether ``me``'s peer table gives ``other`` this health."""
+    row = me.table().get(other.node_id)
+    return row is not None and row["health"] == health
+
+
 def test_two_daemons_on_loopback_discover_each_other_and_their_holdings(
     tmp_path: Path,
     loopback_host: NetnsLan,  # noqa: F811
 ) -> None:
     a = make_daemon(loopback_host, "solo", tmp_path / "a", "127.0.0.1:0", "lo", 1)
     b = make_daemon(loopback_host, "solo", tmp_path / "b", "127.0.0.1:0", "lo", 2)
-    for d in (a.launch(), b.launch()):
+    b.launch()
+    a.start()
+    # A third machine with mDNS switched off knows A only as a static peer.
+    a_url = f"http://{(a.state / 'lan-address').read_text().strip()}/"
+    quiet = f'advertise = false\ndiscovery = false\npeers = ["{a_url}"]\n'
+    y = make_daemon(loopback_host, "solo", tmp_path / "y", "127.0.0.1:0", "lo", 3)
+    y.config.write_text(y.config.read_text().replace("[sharing]\n", f"[sharing]\n{quiet}"))
+    for d in (y.launch(), b):
         d.wait_listening()
-    for me, other, ref in ((a, b, "os/b"), (b, a, "os/a")):
+
+    for me, other, ref in ((a, b, "os/b"), (b, a, "os/a"), (y, a, "os/a")):
         want = Repo.open(other.repo).read_ref(ref)
         check = functools.partial(lists_with_holdings, me, other, ref, want)
         wait_for(check, f"{me.base.name} to list {other.base.name} with {ref} at {want}")
+    for me, other, ref in ((a, b, "os/b"), (b, a, "os/a")):
         listed = me.peers()  # what `lanshare peers --json` prints
-        assert listed[other.node_id]["holdings"][ref] == want
+        assert listed[other.node_id]["holdings"][ref] == Repo.open(other.repo).read_ref(ref)
         assert listed[other.node_id]["health"] == "up"
-        assert me.node_id not in listed  # never itself
+        assert me.node_id not in listed and y.node_id not in listed  # never itself; Y is silent
+
+    # A crashes: both the machine that found it by mDNS and the one that lists it mark it down.
+    a.kill()
+    for me in (b, y):
+        wait_for(functools.partial(health_is, me, a, "down"), f"{me.base.name} to mark A down")
 
 
 FAKE_ADVERTS = r"""
@@ -392,26 +412,3 @@ def test_the_discovery_switch_chooses_the_peer_table_or_static_peers_alone(tmp_p
     (lan,) = plan_from_config(load_config(config))
     assert isinstance(lan, StaticPeers)
     assert [s.url for s in lan.peer_specs()] == ["http://192.0.2.7:8089"]
-
-
-def test_with_discovery_off_static_peers_still_enter_the_table_and_are_checked(
-    tmp_path: Path,
-    loopback_host: NetnsLan,  # noqa: F811
-) -> None:
-    quiet = "advertise = false\ndiscovery = false\n"
-    x = make_daemon(loopback_host, "solo", tmp_path / "x", "127.0.0.1:0", "lo", 1)
-    x.config.write_text(x.config.read_text().replace("[sharing]\n", f"[sharing]\n{quiet}"))
-    x.start()
-    x_url = f"http://{(x.state / 'lan-address').read_text().strip()}/"
-    y = make_daemon(loopback_host, "solo", tmp_path / "y", "127.0.0.1:0", "lo", 2)
-    y.config.write_text(
-        y.config.read_text().replace("[sharing]\n", f'[sharing]\n{quiet}peers = ["{x_url}"]\n')
-    )
-    y.start()
-    wait_for(
-        functools.partial(lists_with_holdings, y, x, "os/x", Repo.open(x.repo).read_ref("os/x")),
-        "Y to check X",
-    )
-    x.kill()
-    wait_for(lambda: y.table()[x.node_id]["health"] == "down", "Y to mark X down")
-    y.stop()
