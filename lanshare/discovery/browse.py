@@ -35,6 +35,8 @@ _quiet = QuietLog(log)
 RESOLVE_TIMEOUT_MS = 3000
 # An advert whose addresses do not answer is tried again after this, doubling up to the maximum.
 RETRY_DELAY, MAX_RETRY_DELAY = 5.0, 300.0
+# At most this many adverts are followed at once: a flood of names must not grow memory and tasks.
+MAX_SERVICES = 512
 
 
 def usable_addresses(info: AsyncServiceInfo) -> list[str]:
@@ -75,6 +77,7 @@ class PeerBrowser:
         self._nodes: dict[str, str] = {}  # service name -> node id
         self._digests: dict[str, str] = {}  # node id -> holdings digest last fetched
         self._retry: dict[str, float] = {}  # service name -> current retry delay
+        self._retry_waiting: set[str] = set()  # names with a retry already scheduled
 
     async def start(self) -> None:
         """Start browsing (the browser calls back on the event loop)."""
@@ -100,11 +103,18 @@ class PeerBrowser:
     ) -> None:
         if state_change is ServiceStateChange.Removed:
             self._spawn(self._removed(name))
+        elif name not in (tracked := self._tracked()) and len(tracked) >= MAX_SERVICES:
+            _quiet.warning(
+                "too many", "more than %d adverts of %s: ignoring %r", MAX_SERVICES, LANSHARE_SERVICE, name
+            )
         elif name in self._busy:
             self._busy[name] = True  # changed while being resolved: once more when done
         else:
             self._busy[name] = False
             self._spawn(self._resolve_loop(name))
+
+    def _tracked(self) -> set[str]:
+        return set(self._nodes) | set(self._retry) | set(self._busy)
 
     async def _removed(self, name: str) -> None:
         node_id = self._nodes.pop(name, None)
@@ -112,6 +122,7 @@ class PeerBrowser:
         if node_id is not None and node_id not in self._nodes.values():
             self._digests.pop(node_id, None)
             await asyncio.to_thread(self.table.forget, node_id)
+            self.monitor.forget(node_id)
             log.info("peer %s left the LAN", node_id)
 
     async def _resolve_loop(self, name: str) -> None:
@@ -155,7 +166,9 @@ class PeerBrowser:
                 f"reach {name}", "peer %s (%r) does not answer at %s; retrying in %.0f s",
                 txt.node_id, name, ", ".join(addresses), delay,
             )  # fmt: skip
-            self._spawn(self._retry_later(name, delay))
+            if name not in self._retry_waiting:
+                self._retry_waiting.add(name)
+                self._spawn(self._retry_later(name, delay))
             return
         self._retry.pop(name, None)
         new = txt.node_id not in self._digests
@@ -168,7 +181,10 @@ class PeerBrowser:
             )
 
     async def _retry_later(self, name: str, delay: float) -> None:
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._retry_waiting.discard(name)
         if name in self._retry and name not in self._busy:
             self._on_change(self.aiozc.zeroconf, LANSHARE_SERVICE, name, ServiceStateChange.Updated)
 

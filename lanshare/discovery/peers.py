@@ -5,9 +5,9 @@ run from the command line read what the daemon learnt.  Liveness comes from HTTP
 (python-zeroconf keeps a crashed peer's browse entry for at least 1125 s): every few seconds the
 daemon asks each peer for ``/lanshare/v1/info`` — a HEAD, and now and then (or after a miss) a GET
 that also refreshes the holdings and checks the node id — and a peer that fails ``DOWN_AFTER``
-checks in a row is marked down.  The pull engine writes to the same rows (:mod:`lanshare.pull.records`): bytes,
-rate, and a back-off for a peer that failed or served bad data, which a good health check does
-not lift before it ends.
+checks in a row is marked down.  The pull engine writes to the same rows
+(:mod:`lanshare.pull.records`): bytes, rate, and a back-off for a peer that failed or served bad
+data, which a good health check does not lift before it ends.
 """
 
 from __future__ import annotations
@@ -245,6 +245,10 @@ class HealthMonitor:
             if peer.node_id != self.own_node_id and self._due(peer.node_id, now):
                 jobs.append(self._check(session, peer.node_id, tuple(peer.addresses), peer.port))
         await asyncio.gather(*jobs)
+
+    def forget(self, node_id: str) -> None:
+        """Drop what the monitor remembers of a peer that left."""
+        self._state.pop(node_id, None)
 
     def _due(self, key: str, now: float) -> bool:
         return self._state.setdefault(key, _CheckState()).next_check <= now
