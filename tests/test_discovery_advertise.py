@@ -283,6 +283,35 @@ def test_resolve_interfaces_advertises_the_listen_address_or_non_loopback_ones()
     assert everywhere == ["127.0.0.1"] or not any(a.startswith("127.") for a in everywhere)
 
 
+def test_a_new_address_is_announced(tmp_path: Path, lan: NetnsLan) -> None:
+    """The machine moves to another address (DHCP, another network): peers learn the new one."""
+    served = make_served(tmp_path, "")
+    probe = Probe(lan, "c", lan["c"].address)
+    proc = start_daemon(lan, "a", served)
+    try:
+        assert probe.wait_for("added", LANSHARE)["addresses"] == [lan["a"].address]
+    finally:
+        probe.close()
+    # The new address first, then the old one goes (promoted, not deleted with its primary).
+    lan.run("a", ["sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/promote_secondaries"])
+    lan.run("a", ["ip", "addr", "add", "10.123.0.21/24", "dev", "eth0"])
+    lan.run("a", ["ip", "addr", "del", f"{lan['a'].address}/24", "dev", "eth0"])
+    log = served.base / "serve.log"
+    deadline = time.monotonic() + 30
+    while "mDNS addresses changed from 10.123.0.1 to 10.123.0.21" not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    # A browser that starts now is answered with the new address only.
+    probe = Probe(lan, "b", lan["b"].address)
+    try:
+        assert probe.wait_for("added", LANSHARE)["addresses"] == ["10.123.0.21"]
+        proc.send_signal(signal.SIGTERM)
+        probe.wait_for("removed", LANSHARE)  # the goodbye goes out on the new address's socket
+        assert proc.wait(30) == 0
+    finally:
+        probe.close()
+
+
 # --- avahi in the namespace LAN ---------------------------------------------------------------
 
 DBUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

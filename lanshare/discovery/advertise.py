@@ -19,8 +19,9 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import ifaddr
@@ -64,6 +65,8 @@ OSTREE_REPO_INDEX = 0
 # How often the holdings and summary are checked for a change worth re-announcing: a peer should
 # see a new commit within 2 s.  Cheap: a stat of every ref file and of the summary.
 REFRESH_INTERVAL = 0.5
+# Interface addresses are looked at every this many refreshes (5 s).
+ADDRESS_CHECK_TICKS = 10
 
 ZEROCONF = web.AppKey("zeroconf", AsyncZeroconf)
 
@@ -173,6 +176,7 @@ class Advertiser:
         addresses: Sequence[str],
         *,
         refresh_interval: float = REFRESH_INTERVAL,
+        resolve: Callable[[], Binding] | None = None,
     ) -> None:
         self.aiozc = aiozc
         self.holdings = holdings
@@ -181,12 +185,15 @@ class Advertiser:
         self.port = port
         self.addresses = list(addresses)
         self.refresh_interval = refresh_interval
+        # Where to look up the addresses again (the machine may move to another network).
+        self.resolve = resolve
         self.lanshare_txt: LanshareTxt | None = None
         self.ostree_txt: OstreeRepoTxt | None = None
         self._infos: dict[str, AsyncServiceInfo] = {}
         self._summary_stamp: tuple[int, int, int] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._problem: str | None = None
         # The same instance name under both types, unique on the LAN because the node id is.
         self.instance = f"lanshare-{node_id}"
         self.server = f"lanshare-{node_id}.local."
@@ -279,14 +286,44 @@ class Advertiser:
             log.info("re-announced: holdings %s", lanshare_txt.holdings)
         return bool(pending)
 
+    async def check_addresses(self) -> bool:
+        """Re-announce with the interfaces' current addresses if they changed; True if they did."""
+        if self.resolve is None:
+            return False
+        binding = await asyncio.to_thread(self.resolve)
+        if binding.advertised == self.addresses:
+            return False
+        async with self._lock:
+            old, self.addresses = self.addresses, binding.advertised
+            if self._infos:
+                assert self.lanshare_txt is not None and self.ostree_txt is not None
+                infos = {
+                    LANSHARE_SERVICE: self._info(LANSHARE_SERVICE, encode_lanshare_txt(self.lanshare_txt)),
+                    OSTREE_SERVICE: self._info(OSTREE_SERVICE, encode_ostree_txt(self.ostree_txt)),
+                }
+                pending = [await self.aiozc.async_update_service(info) for info in infos.values()]
+                self._infos = infos
+                await asyncio.gather(*pending)
+        # New sockets for new addresses (and the registrations announced on them), old ones dropped.
+        await self.aiozc.async_update_interfaces(interfaces=binding.bind)
+        log.info("mDNS addresses changed from %s to %s", ", ".join(old), ", ".join(self.addresses))
+        return True
+
     async def _watch(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.refresh_interval)
+            ticks += 1
             try:
                 await self.refresh()
-            except Error as e:
-                # A bad TXT value or an unreadable repo: keep the old advert and try again later.
-                log.warning("cannot refresh the mDNS adverts: %s", e)
+                if ticks % ADDRESS_CHECK_TICKS == 0:
+                    await self.check_addresses()
+                self._problem = None
+            except (Error, OSError) as e:
+                # Keep the old adverts and try again; say so once, not every half second.
+                if str(e) != self._problem:
+                    log.warning("cannot refresh the mDNS adverts: %s", e)
+                self._problem = str(e)
 
     async def stop(self) -> None:
         """Stop watching, unregister both adverts and wait until the goodbyes are sent."""
@@ -330,6 +367,7 @@ async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
                 app[daemon.NODE_ID],
                 listen.port,
                 binding.advertised,
+                resolve=partial(resolve_interfaces, config.interfaces, listen.host),
             )
             app[ADVERTISER] = advertiser
             try:
