@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -18,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from lanshare import background
+from lanshare import background, daemon
 from lanshare.ostree.repo import Repo
 from lanshare.pull import PullOptions, SourceSpec, TrustPolicy, pull
-from tests.conftest import lanshare, ostree
+from tests.conftest import build_tree, lanshare, ostree
 from tests.fleet import (
     Chain,
     holds_chain,
@@ -33,6 +34,7 @@ from tests.fleet import (
     write_config,
 )
 from tests.gpg_fixtures import GpgKeys
+from tests.test_ostree_oracle import lanshare_commit
 
 # The promise; the loops are patched to look every half second, not to be fast.
 CONVERGENCE_DEADLINE = 30.0
@@ -50,11 +52,13 @@ def _get_json(url: str) -> Any:
 
 @pytest.mark.asyncio
 async def test_three_daemons_one_fed_by_an_origin_all_hold_the_chain(
-    tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, chain: Chain, gpg_keys: GpgKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(background, "LAN_INTERVAL", 0.5)
     monkeypatch.setattr(background, "STATIC_PROBE_INTERVAL", 0.5)
-    async with static_origin(chain.repo) as origin:
+    # The origin's own copy: this test publishes a fix on it later.
+    published = Path(shutil.copytree(chain.repo, tmp_path / "origin"))
+    async with static_origin(published) as origin:
         # A: online, follows os/stable from the origin.
         write_config(
             tmp_path / "a",
@@ -78,9 +82,22 @@ async def test_three_daemons_one_fed_by_an_origin_all_hold_the_chain(
                     for node in (a, b, c):
                         await wait_until_holds_chain(node.repo, chain, deadline)
                     await _check_status_pages(chain, [a, b, c])
+
+                    # An emergency fix on the new ref, seen by A's next poll, reaches B (which
+                    # only follows os/stable, and os/stable-v2 through its checkpoint) and C.
+                    fix = lanshare_commit(
+                        published, "os/stable-v2", build_tree(tmp_path / "tree6", 6),
+                        "--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", str(gpg_keys.homedir),
+                    )  # fmt: skip
+                    await a.app[daemon.BACKGROUND].round("origin poll")
+                    deadline = asyncio.get_running_loop().time() + CONVERGENCE_DEADLINE
+                    for node in (b, c):
+                        while node.repo.read_ref("os/stable-v2") != fix:
+                            assert asyncio.get_running_loop().time() < deadline, node.url
+                            await asyncio.sleep(0.2)
     for name in ("a", "b", "c"):
         repo = Repo.open(load(tmp_path / name).repo.path)
-        assert holds_chain(repo, chain)
+        assert repo.read_ref("os/stable-v2") == fix
         assert "no errors found" in ostree("fsck", f"--repo={repo.path}").stdout
     # C, offline with v1 deployed, can compute its whole way forward from its own cache.
     assert lanshare("path", "--repo", repo.path, "--from", chain.commits["v1"], "--ref", "os/stable") == 0
