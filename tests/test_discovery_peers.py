@@ -32,7 +32,7 @@ from lanshare.discovery.peers import HealthMonitor, PeerTable, TablePeers, healt
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.repo import Repo
-from lanshare.pull import PullOptions, SourceSpec, StaticPeers, TrustPolicy, pull
+from lanshare.pull import ProgressUpdate, PullOptions, PullResult, SourceSpec, StaticPeers, TrustPolicy, pull
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import plan_from_config
 from lanshare.server import LanLimits, create_lan_app
@@ -240,6 +240,47 @@ def test_pull_prefers_peers_holding_the_whole_commit_and_spreads_across_them(tmp
     served = asyncio.run(scenario())
     assert set(served) == {"1" * 32, "2" * 32}, served
     assert all(count >= 20 for count in served.values()), served
+    assert client.missing_objects(commit) == [] and not client.is_partial(commit)
+
+
+def test_a_spread_pull_finishes_from_the_other_peer_when_one_stops_half_way(tmp_path: Path) -> None:
+    origin = tmp_path / "x1"
+    commit = lanshare_commit(origin, "os/stable", many_files_tree(tmp_path / "tree", 4))
+    shutil.copytree(origin, tmp_path / "x2")
+    client = Repo.init(tmp_path / "client")
+
+    async def scenario() -> tuple[PullResult, int]:
+        runners = []
+        urls = []
+        for name, node in (("x1", "1" * 32), ("x2", "2" * 32)):
+            runner = web.AppRunner(create_lan_app(Repo.open(tmp_path / name), LanLimits(), node))
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            runners.append(runner)
+            urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}/")
+        stopping: list[asyncio.Task[None]] = []
+        stopped_at = 0
+
+        def progress(update: ProgressUpdate) -> None:
+            nonlocal stopped_at
+            # A third of the way into the files, X1 goes away (as a machine shutting down would).
+            if update.phase == "content" and update.objects_done >= 50 and not stopping:
+                stopped_at = update.objects_done
+                stopping.append(asyncio.get_running_loop().create_task(runners[0].cleanup()))
+
+        try:
+            options = PullOptions(trust=TrustPolicy(require_signatures=False), parallel=1)
+            plan = [SourceSpec(url, "peer") for url in urls]
+            result = await pull(client, commit, plan, options=options, progress=progress)
+            await asyncio.gather(*stopping)
+        finally:
+            await runners[1].cleanup()
+        return result, stopped_at
+
+    result, stopped_at = asyncio.run(scenario())
+    served = {name.split()[0]: stats.objects for name, stats in result.sources.items()}
+    assert served.get("1" * 32, 0) > 0 and served.get("2" * 32, 0) > 0, served
+    assert 0 < stopped_at < result.objects_fetched  # X1 stopped while the pull was under way
     assert client.missing_objects(commit) == [] and not client.is_partial(commit)
 
 

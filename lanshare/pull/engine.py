@@ -493,7 +493,9 @@ class _Pull:
         if len(holders) < 2:
             return names
         parallel = self.options.parallel
-        size = min(max(_SPREAD_MIN_BATCH, -(-len(names) // (len(holders) * parallel))), MAX_BATCH_OBJECTS)
+        # About four batches per worker: few requests, yet a faster peer can take more of them.
+        per_worker = -(-len(names) // (len(holders) * parallel * 4))
+        size = min(max(_SPREAD_MIN_BATCH, per_worker), MAX_BATCH_OBJECTS)
         batches = iter([names[i : i + size] for i in range(0, len(names), size)])
         # Interleaved, so that the first batches go to every peer, not all to the first one.
         workers = iter([source for _ in range(parallel) for source in holders])
