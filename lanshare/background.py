@@ -149,6 +149,7 @@ class Background:
         self._tasks: list[asyncio.Task[None]] = []
         self._failed: tuple[frozenset[str], float] | None = None
         self._probed_at = -STATIC_PROBE_INTERVAL
+        self._told_no_refs = False
 
     def plan(self) -> list[PlanEntry]:
         """``[pull] order`` over the fleet's peers and the origin."""
@@ -181,6 +182,9 @@ class Background:
         async with self.lock:
             refs = await asyncio.to_thread(self.followed_refs)
             if not refs:
+                if self.config.origin.url is not None and not self._told_no_refs:
+                    self._told_no_refs = True
+                    log.warning("[origin] url is set but there is nothing to follow: set [origin] refs")
                 return None
             await asyncio.to_thread(self.fleet.refresh, self.index)
             log.debug("%s: following %s", why, ", ".join(refs))
