@@ -6,30 +6,37 @@ Three parts, three cadences:
 * the chain part (refs, commit objects, the update path): recomputed when a ref, a
   ``.commitpartial`` marker or the deployed commit changes;
 * the retention part (why each commit stays, disk use): a retention plan stats every object and
-  walks every kept tree — about a minute for 200,000 objects — so it runs in a background thread,
-  when the chain changed or ``RETENTION_TTL`` passed, and never sooner after the previous run than
-  ``RETENTION_DUTY`` times its duration, keeping it under a tenth of one core.  Snapshots show the
-  last finished plan, saying when it was computed and whether a newer one is on its way; a request
-  waits up to ``RETENTION_WAIT`` for a new plan (only the first request waits for a given plan),
-which on a small repository is enough.
+  walks every kept tree — about a minute for 200,000 objects — so it runs in a child process (a
+  thread would hold the GIL the LAN listener's event loop needs), when the chain changed or
+  ``RETENTION_TTL`` passed, and never sooner after the previous run than ``RETENTION_DUTY`` times
+  its duration, keeping it under a tenth of one core.  Snapshots show the last finished plan,
+  saying when it was computed and whether a newer one is on its way; a request waits up to
+  ``RETENTION_WAIT`` for a new plan (only the first request waits for a given plan), which on a
+  small repository is enough.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import TypeVar
 
 from sqlalchemy import Engine
 
 from lanshare import __version__
 from lanshare.config import Config
+from lanshare.errors import Error
+from lanshare.index.db import make_engine
 from lanshare.ostree.repo import Repo
 from lanshare.server.limits import PeerStats
 from lanshare.status.model import (
@@ -68,8 +75,7 @@ class StatusSources:
 
 
 def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
-    """Run ``function`` in a daemon thread: unlike the default executor, shutdown does not wait
-    for it (a retention plan only reads, so abandoning one at exit loses nothing)."""
+    """Run ``function`` in a daemon thread: unlike the default executor, shutdown does not wait for it."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
 
@@ -96,6 +102,66 @@ def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
     return future
 
 
+def _plan_in_child(config: Config, sender: Connection) -> None:
+    """Child process entry: compute the retention part and send it back, or what went wrong."""
+    engine = make_engine(config.database.url)
+    try:
+        sender.send(("ok", retention_part(config, Repo.open(config.repo.path), engine)))
+    except Exception as e:
+        sender.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        engine.dispose()
+        sender.close()
+
+
+class PlanProcess:
+    """Retention plans computed in a child process (spawned: the daemon has threads to not fork)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._process: BaseProcess | None = None
+        self._stopped = False
+
+    def run(self) -> Json:
+        """Compute one plan; blocks until the child answers (call it from a thread)."""
+        context = multiprocessing.get_context("spawn")
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_plan_in_child, args=(self.config, sender), name="lanshare-retention-plan", daemon=True
+        )
+        try:
+            if self._stopped:
+                raise PlanError("the daemon is stopping")
+            self._process = process
+            process.start()
+            sender.close()
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                process.join()
+                raise PlanError(
+                    f"the retention plan process ended without an answer (exit {process.exitcode})"
+                ) from None
+            process.join()
+        finally:
+            sender.close()
+            receiver.close()
+        if kind != "ok":
+            raise PlanError(value)
+        result: Json = value
+        return result
+
+    def stop(self) -> None:
+        """Kill a plan in progress (it only reads, so nothing is lost)."""
+        self._stopped = True
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+
+
+class PlanError(Error):
+    """The retention plan could not be computed."""
+
+
 @dataclass
 class StatusCollector:
     """Snapshots of one daemon's status."""
@@ -113,6 +179,7 @@ class StatusCollector:
     _retention_error: str | None = None
     _retention_task: asyncio.Future[Json] | None = None
     _waited: asyncio.Future[Json] | None = None
+    _planner: PlanProcess | None = None
 
     async def snapshot(self) -> Json:
         """The current status (at most SNAPSHOT_TTL old)."""
@@ -126,6 +193,8 @@ class StatusCollector:
 
     def close(self) -> None:
         """Stop waiting for a retention plan in progress (its thread is left to finish alone)."""
+        if self._planner is not None:
+            self._planner.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
 
@@ -169,7 +238,11 @@ class StatusCollector:
     def _start_retention(self, key: object) -> None:
         src = self.sources
         started = time.monotonic()
-        task = _in_daemon_thread(lambda: retention_part(src.config, src.repo, src.index))
+        if self._planner is None:
+            self._planner = PlanProcess(
+                dataclasses.replace(src.config, repo=dataclasses.replace(src.config.repo, path=src.repo.path))
+            )
+        task = _in_daemon_thread(self._planner.run)
         self._retention_task = task
 
         def finished(done: asyncio.Future[Json]) -> None:
