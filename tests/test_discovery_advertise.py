@@ -407,38 +407,48 @@ def avahi_resolved(lan: NetnsLan, avahi: Avahi, type_: str) -> dict[str, Any]:
         assert time.monotonic() < deadline, f"avahi-browse found no {type_}: {done.stdout}{done.stderr}"
 
 
-@pytest.fixture
-def signed_served(tmp_path: Path, gpg_keys: GpgKeys) -> Iterator[Served]:
+@dataclass
+class AvahiLan:
+    """A namespace LAN where host a runs a daemon serving signed commits and host c runs avahi."""
+
+    lan: NetnsLan
+    avahi: Avahi
+    served: Served
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def avahi_lan(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterator[AvahiLan]:
+    """One LAN, avahi and daemon for the module's avahi and libostree tests (each starts in ~3 s)."""
+    require_namespaces()
+    base = tmp_path_factory.mktemp("avahi-lan")
     sign = ["--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", str(gpg_keys.homedir)]
-    yield make_served(tmp_path / "a", "", *sign)
+    served = make_served(base / "a", "", *sign)
+    with netns_lan_context(3) as lan:
+        avahi = start_avahi(lan, "c", base / "avahi")
+        yield AvahiLan(lan, avahi, served, start_daemon(lan, "a", served))
 
 
-def test_avahi_sees_both_adverts_with_the_right_txt(
-    tmp_path: Path, lan: NetnsLan, signed_served: Served
-) -> None:
-    avahi = start_avahi(lan, "c", tmp_path / "avahi")
-    proc = start_daemon(lan, "a", signed_served)
-    name = f"lanshare-{signed_served.node_id()}"
+def test_avahi_sees_both_adverts_with_the_right_txt(avahi_lan: AvahiLan) -> None:
+    lan, avahi, served = avahi_lan.lan, avahi_lan.avahi, avahi_lan.served
+    name = f"lanshare-{served.node_id()}"
     lanshare = avahi_resolved(lan, avahi, "_lanshare._tcp")
     assert lanshare == {
         "name": name,
         "address": lan["a"].address,
-        "port": signed_served.port(),
-        "txt": expected_lanshare_txt(signed_served),
+        "port": served.port(),
+        "txt": expected_lanshare_txt(served),
     }
     repo_advert = avahi_resolved(lan, avahi, "_ostree_repo._tcp")
     assert (repo_advert["name"], repo_advert["address"]) == (name, lan["a"].address)
-    check_ostree_txt(signed_served, repo_advert["txt"])
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    check_ostree_txt(served, repo_advert["txt"])
 
 
 def test_libostree_lan_finder_pulls_from_the_advert(
-    tmp_path: Path, lan: NetnsLan, signed_served: Served, gpg_keys: GpgKeys
+    tmp_path: Path, avahi_lan: AvahiLan, gpg_keys: GpgKeys
 ) -> None:
     """Stock ``ostree find-remotes --finders=lan --pull`` finds us by the bloom filter and pulls."""
-    avahi = start_avahi(lan, "c", tmp_path / "avahi")
-    proc = start_daemon(lan, "a", signed_served)
+    lan, avahi, signed_served = avahi_lan.lan, avahi_lan.avahi, avahi_lan.served
     avahi_resolved(lan, avahi, "_ostree_repo._tcp")  # advertised and resolvable
     client = tmp_path / "client"
     ostree("init", "--mode=archive", f"--repo={client}", f"--collection-id={COLLECTION}")
@@ -465,5 +475,18 @@ def test_libostree_lan_finder_pulls_from_the_advert(
         check=False, env=avahi.env, timeout=90,
     )  # fmt: skip
     assert missing.stdout.strip() == "No results.", missing.stdout + missing.stderr
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+
+
+def test_graceful_stop_is_seen_by_avahi(avahi_lan: AvahiLan) -> None:
+    """Last of the module: SIGTERM sends goodbyes that avahi (not only zeroconf) acts on."""
+    lan, avahi = avahi_lan.lan, avahi_lan.avahi
+    avahi_resolved(lan, avahi, "_lanshare._tcp")
+    avahi_lan.proc.send_signal(signal.SIGTERM)
+    assert avahi_lan.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while True:
+        done = lan.run("c", ["avahi-browse", "-tp", "_lanshare._tcp"], env=avahi.env, check=False, timeout=30)
+        if not any(line.startswith("+") for line in done.stdout.splitlines()):
+            break
+        assert time.monotonic() < deadline, done.stdout
+        time.sleep(0.2)
