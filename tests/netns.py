@@ -10,7 +10,8 @@ Use the ``netns_lan`` fixture (one LAN per test) or ``netns_lan_module`` (one pe
 import it into the test module: ``from tests.netns import netns_lan  # noqa: F401`` — or
 :func:`netns_lan_context` outside pytest (benchmarks).  Processes are started in a host with
 :meth:`NetnsLan.run` / :meth:`NetnsLan.popen` / :meth:`NetnsLan.python`; teardown kills whatever
-still runs inside the LAN's namespaces (only those) and deletes them, always.
+still runs inside the LAN's namespaces (only those) and deletes them, always; namespaces of a
+run killed before its teardown are deleted by the next run (:func:`remove_stale_namespaces`).
 
 For a single host with nothing but loopback, the ``loopback_host`` fixture (one named namespace,
 host ``"solo"``) or :func:`loopback_command` (wraps one command in ``unshare -n`` with ``lo``
