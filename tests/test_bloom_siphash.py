@@ -134,3 +134,13 @@ def test_bloom_parameters_stay_within_one_txt_string() -> None:
     for count in (0, 1, 5, 100, 10_000):
         size, k = bloom_parameters(count, MAX_OSTREE_BLOOM_BYTES)
         assert 1 <= size <= MAX_OSTREE_BLOOM_BYTES and 1 <= k <= 16
+
+
+def test_bloom_known_answer_accepted_by_libostree() -> None:
+    # The rb= filter a daemon advertises for a summary holding only org.example.Os:os/stable
+    # (8 bytes, k=16); test_discovery_advertise's find-remotes test has libostree 2022.7 match
+    # and pull that ref from exactly this advert.
+    assert bloom_parameters(1, MAX_OSTREE_BLOOM_BYTES) == (8, 16)
+    bloom = build_bloom([("org.example.Os", "os/stable")], 8, 16)
+    assert bloom.hex() == "9408714800240944"
+    assert not bloom_contains(bloom, 16, ("org.example.Os", "os/stable-v2"))
