@@ -160,8 +160,12 @@ def test_table_peers_rank_up_and_fast_first_and_leave_down_peers_out(tmp_path: P
         for port, (name, fields) in enumerate(rows.items(), start=9000):
             session.add(Peer(node_id=name, addresses=["10.0.0.1", "10.0.0.2"], port=port, **fields))
         session.add(Peer(node_id="nowhere", addresses=[], port=1, healthy=True))
+        # This machine itself, say after a pull from a fleet-wide static list that names it.
+        session.add(Peer(node_id="me", addresses=["10.0.0.9"], port=1, healthy=True, last_rate=1e12))
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "node-id").write_text("me\n")
     static = ("http://192.0.2.7:8089/",)
-    specs = TablePeers(f"sqlite:///{tmp_path / 'index.sqlite'}", static).peer_specs()
+    specs = TablePeers(f"sqlite:///{tmp_path / 'index.sqlite'}", static, tmp_path / "state").peer_specs()
     order = {9000 + i: name for i, name in enumerate(rows)}
     names = [order.get(int(s.url.rsplit(":", 1)[1].rstrip("/")), s.url) for s in specs]
     assert names == ["fast", "slow", "unmeasured", "forgiven", static[0]]

@@ -55,6 +55,8 @@ FULL_CHECK_EVERY = 15
 MAX_ADDRESSES = 8
 _PARALLEL_CHECKS = 8
 
+# The daemon's node id file in the state directory (lanshare.daemon.NODE_ID_FILE).
+NODE_ID_FILE = "node-id"
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_REFS = 10_000
 
@@ -351,6 +353,7 @@ class TablePeers:
 
     database_url: str
     static_urls: tuple[str, ...] = ()
+    state_dir: Path | None = None  # where the daemon keeps its node id: its own row is skipped
     _engine: Engine | None = None
 
     def peer_specs(self) -> Sequence[SourceSpec]:
@@ -372,12 +375,23 @@ class TablePeers:
             _quiet.warning("table", "cannot read the peer table: %s", e)
             return []
         now = utcnow()
+        own = self._own_node_id()
         usable = [
             p
             for p in rows
-            if p.addresses and (p.healthy or (p.backoff_until is not None and p.backoff_until <= now))
+            if p.addresses
+            and p.node_id != own
+            and (p.healthy or (p.backoff_until is not None and p.backoff_until <= now))
         ]
         return sorted(usable, key=lambda p: (not p.healthy, -(p.last_rate or 0.0), -p.last_seen.timestamp()))
+
+    def _own_node_id(self) -> str | None:
+        if self.state_dir is None:
+            return None
+        try:
+            return (self.state_dir / NODE_ID_FILE).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
 
 def _missing_sqlite_file(url: str) -> bool:

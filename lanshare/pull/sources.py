@@ -125,7 +125,7 @@ def _lan_peers(config: Config) -> PeerProvider:
     # Imported here: lanshare.discovery.peers builds on this module.
     from lanshare.discovery.peers import TablePeers
 
-    return TablePeers(config.database.url, config.sharing.peers)
+    return TablePeers(config.database.url, config.sharing.peers, config.state_dir)
 
 
 def base_url(url: str) -> str:
