@@ -189,6 +189,7 @@ def test_offline_machines_walk_the_checkpoint_chain_from_their_lan(
         assert_deployed(b, chain, version, tmp_path)
     assert set(b.table()) == {a.node_id}
     assert bytes_from(b, a) > 0
+    b.cli("fsck", "--gpg-keyring", keyring)  # every object and every complete commit's signature
 
     # C, offline too, finds A and B; the first step comes from both, then A stops for good.
     c = offline_machine(netns_lan, "c", tmp_path / "c", chain, keyring).start()
