@@ -18,6 +18,7 @@ load ≤ 250 ms, peak RSS ≤ 300 MB, zero errors and zero corrupt objects. Exit
 corruption.
 
     python -m bench.bench_load [--peers 50] [--duration 60] [--procs 2] [--files N] [--size BYTES]
+                               [--mode mixed|batch|archive]
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ class Peer:
                     raise RuntimeError(f"{method} {path}: HTTP {response.status}")
                 return await response.read()
 
+    async def _get(self, name: wire.ObjectName) -> bytes:
+        return await self._request(
+            "GET", f"objects/{name.checksum[:2]}/{name.checksum[2:]}.{name.kind.value}"
+        )
+
     async def _store(self, name: wire.ObjectName, data: bytes) -> bytes:
         try:
             if len(data) > 64 * 1024:
@@ -129,16 +135,18 @@ class Peer:
                 records = decoder.feed(body)
                 decoder.finish()
                 for name, data, status in records:
-                    if status != wire.PRESENT or data is None:
+                    if status == wire.TOO_LARGE:  # big objects come by the archive path
+                        got[name] = await self._store(name, await self._get(name))
+                    elif status != wire.PRESENT or data is None:
                         raise RuntimeError(f"{name}: batch status {status}")
-                    got[name] = await self._store(name, data)
+                    else:
+                        got[name] = await self._store(name, data)
             return got
         queue = iter(names)
 
         async def worker() -> None:
             for name in queue:
-                path = f"objects/{name.checksum[:2]}/{name.checksum[2:]}.{name.kind.value}"
-                got[name] = await self._store(name, await self._request("GET", path))
+                got[name] = await self._store(name, await self._get(name))
 
         await asyncio.gather(*(worker() for _ in range(GETS_IN_FLIGHT)))
         return got
@@ -181,17 +189,21 @@ class Peer:
                 await asyncio.sleep(0.1)
 
 
-async def run_peers(url: str, peers: int, first: int, duration: float) -> Tally:
-    """Run ``peers`` peers (even index: batch API, odd: archive GETs) until ``duration`` is over."""
+async def run_peers(url: str, peers: int, first: int, duration: float, mode: str = "mixed") -> Tally:
+    """Run ``peers`` peers (mixed: even index batch API, odd archive GETs) until ``duration`` is over."""
     tally = Tally()
     deadline = time.monotonic() + duration
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120, sock_read=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(
-            *(Peer(session, url, (first + i) % 2 == 0, tally).run(deadline) for i in range(peers))
+            *(Peer(session, url, _uses_batch(mode, first + i), tally).run(deadline) for i in range(peers))
         )
     return tally
+
+
+def _uses_batch(mode: str, index: int) -> bool:
+    return mode == "batch" or (mode == "mixed" and index % 2 == 0)
 
 
 # --- the status page sampler (its own process: client load must not slow the clock) ---------------
@@ -202,7 +214,7 @@ def sample_status(address: str, duration: float) -> list[float]:
     host, _, port = address.rpartition(":")
     latencies: list[float] = []
     deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
+    while True:
         started = time.monotonic()
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
         try:
@@ -215,8 +227,9 @@ def sample_status(address: str, duration: float) -> list[float]:
             connection.close()
         elapsed = time.monotonic() - started
         latencies.append(elapsed * 1000)
+        if time.monotonic() >= deadline:
+            return latencies
         time.sleep(max(0.0, SAMPLE_INTERVAL - elapsed))
-    return latencies
 
 
 # --- the daemon ----------------------------------------------------------------------------------
@@ -291,23 +304,14 @@ def run_bench(args: argparse.Namespace, work: Path) -> int:
     daemon = start_daemon(work, repo)
     try:
         rss_start = daemon.memory_kib("VmRSS")
+        sample_status(daemon.status, 0.0)  # the first page render warms caches: not a sample
         idle = sample_status(daemon.status, args.idle)
         per_proc = [args.peers // args.procs + (i < args.peers % args.procs) for i in range(args.procs)]
         firsts = [sum(per_proc[:i]) for i in range(args.procs)]
         sampler = _child(["--sample", daemon.status, "--duration", str(args.duration)])
+        client_args = ["--duration", str(args.duration), "--mode", args.mode]
         clients = [
-            _child(
-                [
-                    "--client",
-                    daemon.lan,
-                    "--peers",
-                    str(n),
-                    "--first",
-                    str(first),
-                    "--duration",
-                    str(args.duration),
-                ]
-            )
+            _child(["--client", daemon.lan, "--peers", str(n), "--first", str(first), *client_args])
             for n, first in zip(per_proc, firsts, strict=True)
         ]
         tallies = [json.loads(c.communicate()[0]) for c in clients]
@@ -325,7 +329,8 @@ def run_bench(args: argparse.Namespace, work: Path) -> int:
     busy = sum(t["busy"] for t in tallies)
     p99_idle, p99_load = _percentile(idle, 0.99), _percentile(loaded, 0.99)
     print(f"commit: {commit} ({objects} objects, {stats.files} files, {stats.total_bytes} bytes of files)")
-    print(f"peers: {args.peers} ({args.peers - args.peers // 2} batch API, {args.peers // 2} archive GETs) "
+    batch = sum(_uses_batch(args.mode, i) for i in range(args.peers))
+    print(f"peers: {args.peers} ({batch} batch API, {args.peers - batch} archive GETs) "
           f"in {args.procs} client processes, {args.duration:.0f} s")  # fmt: skip
     print(f"whole pulls completed: {cycles}")
     print(f"objects verified: {verified} ({nbytes / 1e6:.1f} MB, {verified / args.duration:.0f} objects/s)")
@@ -363,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="client processes the peers are spread over")
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=40_000_000, help="total bytes of the tree's files")
+    parser.add_argument(
+        "--mode", choices=["mixed", "batch", "archive"], default="mixed", help="how peers fetch"
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it")
     # Internal: the child processes.
     parser.add_argument("--client", help=argparse.SUPPRESS)
@@ -370,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        tally = asyncio.run(run_peers(args.client, args.peers, args.first, args.duration))
+        tally = asyncio.run(run_peers(args.client, args.peers, args.first, args.duration, args.mode))
         print(json.dumps(tally.__dict__))
         return 0
     if args.sample:

@@ -40,7 +40,8 @@ MAX_REQUEST_BYTES = 128 * 1024
 # Objects above this travel through the plain archive path instead, which streams and resumes.
 MAX_OBJECT_BYTES = 16 * 1024 * 1024
 END = 0xFF
-# ABSENT: the peer does not hold it.  TOO_LARGE: above MAX_OBJECT_BYTES; fetch it from the plain
+# ABSENT: the peer does not hold it.  TOO_LARGE: above what the server batches (at most
+# MAX_OBJECT_BYTES; lanshare's server sends objects over 1 MiB this way); fetch it from the plain
 # archive path, which streams and supports Range.
 PRESENT, ABSENT, TOO_LARGE = 0, 1, 2
 

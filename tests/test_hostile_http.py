@@ -43,7 +43,8 @@ class Target:
     port: int
     repo: Repo
     commit: str
-    big: str  # checksum of an incompressible ~1 MB .filez
+    big: str  # checksum of an incompressible ~1 MB .filez (batched)
+    huge: str  # checksum of an incompressible ~3 MB .filez (too large to batch)
 
     @property
     def pid(self) -> int:
@@ -57,6 +58,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     (base / "secret").write_bytes(SECRET)
     tree = build_tree(base / "tree", 1)
     (tree / "random.bin").write_bytes(os.urandom(BIG_SIZE))
+    (tree / "huge.bin").write_bytes(os.urandom(3 * BIG_SIZE))
     path = base / "repo"
     assert (
         lanshare("commit", "--repo", path, "--branch", "os/stable", "--tree", tree, "--no-xattrs",
@@ -65,11 +67,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     repo = Repo.open(path)
     commit = repo.read_ref("os/stable")
     assert commit is not None
-    big = max((p.stat().st_size, c) for c, k, p in repo.iter_objects() if k is ObjectType.FILE)[1]
+    sizes = sorted((p.stat().st_size, c) for c, k, p in repo.iter_objects() if k is ObjectType.FILE)
+    big, huge = sizes[-2][1], sizes[-1][1]
     (base / "d").mkdir()
     daemon = _start(base / "d", path)
     host, port = daemon.url.removeprefix("http://").strip("/").rsplit(":", 1)
-    yield Target(daemon, host, int(port), repo, commit, big)
+    yield Target(daemon, host, int(port), repo, commit, big, huge)
     assert _stop(daemon) == 0, daemon.log.read_text()
     log = daemon.log.read_text()
     # Dozens of malformed requests: one warning line in the journal, no traceback.
@@ -328,6 +331,23 @@ def test_huge_batch_of_one_large_object_repeated_streams_with_bounded_memory(tar
     # Four encoders at most, each holding about two 1 MiB groups: far below the gigabyte requested.
     assert peak - before < 200 * 1024, (before, peak)
     _assert_alive(target)
+
+
+def test_objects_over_a_mib_are_not_batched_but_served_by_the_archive_path(target: Target) -> None:
+    """A batch holds every object it carries in memory several times: big ones go by sendfile."""
+    names = [wire.ObjectName(target.huge, ObjectType.FILE), wire.ObjectName(target.big, ObjectType.FILE)]
+    response = _request(target, _post(json.dumps({"objects": [str(n) for n in names]}).encode()))
+    assert _status(response) == 200
+    body = _body(response)
+    if _header(response, "Transfer-Encoding") == "chunked":
+        body = _Dechunk().feed(body)
+    decoder = wire.BatchDecoder(names)
+    records = decoder.feed(body)
+    decoder.finish()
+    assert [(r[0], r[2]) for r in records] == [(names[0], wire.TOO_LARGE), (names[1], wire.PRESENT)]
+    path = _object_path(target.huge, ObjectType.FILE)
+    whole = _request(target, _get(path))
+    assert _body(whole) == target.repo.object_path(target.huge, ObjectType.FILE).read_bytes()
 
 
 class _Dechunk:

@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # Uncompressed bytes read per worker-thread step: enough to amortise the thread hop, small
 # enough that the first bytes leave quickly and memory stays bounded.
 GROUP_BYTES = 1024 * 1024
+# Larger objects are answered TOO_LARGE, and the peer fetches them from the archive layout (sent
+# with sendfile, never held in memory).  Batching is for many small objects; a batch of several
+# MB objects held each one three times (read, framed, compressed) in every encoder, taking a
+# daemon under 50 peers from 90 to 350 MB (bench/bench_load.py --mode batch).
+BATCH_OBJECT_BYTES = 1024 * 1024
 
 
 def read_object(root: Path, name: wire.ObjectName) -> tuple[bytes | None, int]:
@@ -34,17 +39,18 @@ def read_object(root: Path, name: wire.ObjectName) -> tuple[bytes | None, int]:
         fd = open_beneath(root, parts)
     except OSError:
         return None, wire.ABSENT
+    limit = min(BATCH_OBJECT_BYTES, wire.MAX_OBJECT_BYTES)
     with open(fd, "rb") as f:
         size = os.fstat(fd).st_size
-        if size > wire.MAX_OBJECT_BYTES:
+        if size > limit:
             return None, wire.TOO_LARGE
         try:
-            data = f.read(wire.MAX_OBJECT_BYTES + 1)
+            data = f.read(limit + 1)
         except OSError as e:
             log.warning("cannot read %s: %s", "/".join(parts), e)
             return None, wire.ABSENT
     # A file that grew past the limit since fstat is not sent half-read.
-    return (data, wire.PRESENT) if len(data) <= wire.MAX_OBJECT_BYTES else (None, wire.TOO_LARGE)
+    return (data, wire.PRESENT) if len(data) <= limit else (None, wire.TOO_LARGE)
 
 
 class BatchEncoder:

@@ -32,7 +32,7 @@ class LanLimits:
     max_request_bytes: int = wire.MAX_REQUEST_BYTES
     max_batch_objects: int = wire.MAX_BATCH_OBJECTS
     # Batch responses being encoded at once (more wait their turn): each holds up to two groups of
-    # objects in memory, and a group can carry a whole object of up to wire.MAX_OBJECT_BYTES.
+    # objects in memory, a group about 1 MiB (objects over batch.BATCH_OBJECT_BYTES go by sendfile).
     max_batch_streams: int = 4
     # An idle connection, or one still sending its request headers, is closed after this long
     # from its start or its last response: slow headers cannot pin a connection.
