@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from lanshare.config import ListenAddress, load_config
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
+from lanshare.status import model
 from lanshare.status.app import STATUS_ADDRESS_FILE
 from lanshare.status.model import SCHEMA_FILE
 from lanshare.status.page import render_page
@@ -454,11 +455,12 @@ def test_an_empty_daemon_reports_what_it_cannot_know(tmp_path: Path) -> None:
         status = _get_json(url + "/api/v1/status")
         _validator().validate(status)
         assert status["deployed"]["commit"] is None
-        assert status["deployed"]["error"].startswith(f"cannot read {missing}: No such file")
+        assert status["deployed"]["error"].startswith(f"deployed_commit_file {missing} does not exist")
         assert status["refs"] == [] and status["chain"] == {"commits": [], "switches": []}
         assert status["savings"]["saved_percent"] is None and status["peers"] == []
         code, _, html = _get(url + "/")
-        assert code == 200 and f"cannot read {missing}" in html and "No commits held yet." in html
+        assert code == 200 and f"deployed_commit_file {missing} does not exist" in html
+        assert "No commits held yet." in html
         code, content_type, svg = _get(url + "/chain.svg")
         assert code == 200 and content_type.startswith("image/svg+xml")
         assert ElementTree.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"
@@ -502,3 +504,27 @@ def test_a_taken_status_port_stops_the_daemon_with_one_line(fleet: Fleet, tmp_pa
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"lanshare: error: cannot listen on 127.0.0.1:{taken} ([status] listen): "), last
     assert not (tmp_path / "state" / "lan-address").exists()  # the LAN listener it had started is gone
+
+
+def test_the_deployed_commit_is_read_as_lanshare_upgrade_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = "ab" * 32
+    rpm_ostree = {"deployments": [{"booted": True, "checksum": commit, "origin": "fedora:os/stable-v2"}]}
+    (tmp_path / "status.json").write_text(json.dumps(rpm_ostree))
+
+    def deployed_by(argv: list[str]) -> dict[str, Any]:
+        config = tmp_path / "lanshare.toml"
+        config.write_text(f"[upgrade]\ndeployed_commit_command = {json.dumps(argv)}\n")
+        return model.read_deployed(load_config(config, {"LANSHARE_STATE_DIR": str(tmp_path)}))
+
+    found = deployed_by(["cat", str(tmp_path / "status.json")])
+    assert (found["commit"], found["ref"], found["error"]) == (commit, "os/stable-v2", None)
+    assert (
+        deployed_by(["sh", "-c", "exit 3"])["error"]
+        == "deployed_commit_command sh -c exit 3 exited with status 3"
+    )
+    # A hung status tool must not hang the page (the page asks again on its next refresh).
+    monkeypatch.setattr(model, "_DEPLOYED_COMMAND_TIMEOUT", 0.2)
+    hung = deployed_by(["sleep", "30"])
+    assert hung["commit"] is None and "timed out after 0.2 seconds" in hung["error"]

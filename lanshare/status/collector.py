@@ -205,7 +205,7 @@ class StatusCollector:
         key = (
             frozenset(src.repo.list_collection_refs().items()),
             frozenset(src.repo.partial_commits()),
-            deployed["commit"],
+            (deployed["commit"], deployed["ref"]),
         )
         if self._chain is None or key != self._chain_key:
             self._chain = chain_part(src.config, src.repo, deployed)
@@ -275,7 +275,7 @@ class StatusCollector:
             "repo": {"path": str(src.repo.path), "collection_id": src.repo.collection_id},
             "deployed": {
                 **fast["deployed"],
-                "ref": chain["path"]["ref"] if chain["path"] else None,
+                "ref": chain["path"]["ref"] if chain["path"] else fast["deployed"]["ref"],
                 "path": chain["path"],
                 "path_error": chain["path_error"],
                 "missing": chain["missing"],

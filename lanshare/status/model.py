@@ -8,7 +8,6 @@ these parts, each read at its own pace.  Every function here blocks (repository 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,9 +18,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from lanshare.commands.prune import policy_for
-from lanshare.config import Config
+from lanshare.config import Config, UpgradeConfig
 from lanshare.context import Context
-from lanshare.errors import CorruptObject, Error, MissingObject
+from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.index import sync
 from lanshare.index.models import Peer, Transfer, TransferState
 from lanshare.ostree.commit_tree import CHECKPOINT_SOURCE_KEY
@@ -29,12 +28,13 @@ from lanshare.ostree.repo import Repo
 from lanshare.retention import PIN_REF_PREFIX, plan_retention
 from lanshare.server.limits import PeerStats
 from lanshare.update_path import CommitInfo, PathError, RepoGraph, compute_path
+from lanshare.upgrade import parse_deployed
+from lanshare.upgrade import read_deployed as read_upgrade_deployed
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("status-schema.json")
 # Transfers shown: every running one, plus this many of the most recent finished ones.
 RECENT_TRANSFERS = 20
-_CHECKSUM_RE = re.compile(r"[0-9a-f]{64}")
 _DEPLOYED_COMMAND_TIMEOUT = 10.0
 
 Json = dict[str, Any]
@@ -62,36 +62,50 @@ def _ts(seconds: int | None) -> str | None:
 
 
 def read_deployed(config: Config) -> Json:
-    """What ``[upgrade]`` says is deployed: ``{"commit", "source", "error"}``."""
+    """What ``[upgrade]`` says is deployed, read as ``lanshare upgrade`` reads it:
+    ``{"commit", "ref", "source", "error"}``."""
     upgrade = config.upgrade
+    try:
+        if upgrade.deployed_commit_command is not None:
+            # Not upgrade.read_deployed: a hung `rpm-ostree status` must not hang the page.
+            return _run_deployed_command(upgrade.deployed_commit_command)
+        deployed = read_upgrade_deployed(upgrade)
+    except UsageError:
+        return {"commit": None, "ref": None, "source": None, "error": None}  # nothing configured
+    except Error as e:
+        return {"commit": None, "ref": None, "source": _source(upgrade), "error": str(e)}
+    return {"commit": deployed.commit, "ref": deployed.ref, "source": deployed.source, "error": None}
+
+
+def _source(upgrade: UpgradeConfig) -> str | None:
     if upgrade.deployed_commit_file is not None:
-        source = str(upgrade.deployed_commit_file)
-        try:
-            text = upgrade.deployed_commit_file.read_text(errors="replace").strip()
-        except OSError as e:
-            return {"commit": None, "source": source, "error": f"cannot read {source}: {e.strerror or e}"}
-    elif upgrade.deployed_commit_command is not None:
-        source = " ".join(upgrade.deployed_commit_command)
-        try:
-            done = subprocess.run(
-                upgrade.deployed_commit_command,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=_DEPLOYED_COMMAND_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return {"commit": None, "source": source, "error": f"{source}: {e}"}
-        if done.returncode != 0:
-            return {"commit": None, "source": source, "error": f"{source} exited {done.returncode}"}
-        text = done.stdout.strip()
-    else:
-        return {"commit": None, "source": None, "error": None}
-    first = text.split()[0].lower() if text.split() else ""
-    if not _CHECKSUM_RE.fullmatch(first):
-        return {"commit": None, "source": source, "error": f"{source} does not hold a commit checksum"}
-    return {"commit": first, "source": source, "error": None}
+        return f"file {upgrade.deployed_commit_file}"
+    if upgrade.deployed_commit_command is not None:
+        return "command " + " ".join(upgrade.deployed_commit_command)
+    return None
+
+
+def _run_deployed_command(argv: tuple[str, ...]) -> Json:
+    source = "command " + " ".join(argv)
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=_DEPLOYED_COMMAND_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"commit": None, "ref": None, "source": source, "error": f"deployed_commit_command: {e}"}
+    if done.returncode != 0:
+        error = f"deployed_commit_command {' '.join(argv)} exited with status {done.returncode}"
+        return {"commit": None, "ref": None, "source": source, "error": error}
+    try:
+        commit, ref = parse_deployed(done.stdout)
+    except ValueError as e:
+        return {"commit": None, "ref": None, "source": source, "error": f"deployed_commit_command: {e}"}
+    return {"commit": commit, "ref": ref, "source": source, "error": None}
 
 
 # -- the repository part ---------------------------------------------------------------------------
@@ -149,7 +163,8 @@ def _path(repo: Repo, deployed: Json) -> Json:
     if commit is None:
         return {"path": None, "path_error": None, "missing": []}
     try:
-        path = compute_path(RepoGraph(repo), commit)
+        # The deployment's own ref when the tool said (rpm-ostree's origin), else the commit's binding.
+        path = compute_path(RepoGraph(repo), commit, deployed["ref"])
     except PathError as e:
         return {"path": None, "path_error": str(e), "missing": e.missing}
     except Error as e:
