@@ -132,6 +132,9 @@ class PeerBrowser:
                 if not self._busy.get(name):
                     break
                 self._busy[name] = False
+        except Exception as e:
+            # Whatever a strange advert makes go wrong, the browser goes on with the others.
+            _quiet.warning(f"error {name}", "advert %r could not be handled: %r", name, e)
         finally:
             self._busy.pop(name, None)
 

@@ -234,6 +234,9 @@ class HealthMonitor:
                 await self.check_round(session)
             except SQLAlchemyError as e:
                 log.warning("peer health checks: cannot use the index: %s", e)
+            except Exception:
+                # A bug or an answer nobody foresaw must not end health checking for good.
+                log.exception("peer health checks: round failed")
             await asyncio.sleep(self.interval)
 
     async def check_round(self, session: aiohttp.ClientSession) -> None:
