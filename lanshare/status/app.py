@@ -94,7 +94,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 async def _chain_svg(request: web.Request) -> web.Response:
     status = await request.app[COLLECTOR].snapshot()
-    svg = chain_svg(status["chain"], [r["name"] for r in status["refs"]])
+    svg = chain_svg(status["chain"], [r["name"] for r in status["refs"]], standalone=True)
     if not svg.startswith("<svg"):
         svg = '<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"></svg>'
     return web.Response(text=svg, content_type="image/svg+xml")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from lanshare.status.svg import chain_svg, drawn_commits
+from lanshare.status.svg import SVG_STYLE, chain_svg, drawn_commits
 from lanshare.units import format_size
 
 REFRESH_SECONDS = 10
@@ -265,17 +265,7 @@ vertical-align:top}th{font-weight:600;border-bottom:1px solid #ccc}code{font-siz
 .bar.over .fill,.bar.failed .fill{background:#dc2626}.bar.done .fill{background:#16a34a}
 .bar span{position:absolute;left:6px;top:0;font-size:12px;line-height:18px}
 .health.healthy{color:#15803d}.health.failing,.health.backing-off{color:#b91c1c}
-.scroll{overflow-x:auto}svg.chain{border:1px solid #e5e7eb;background:#fafafa}
-svg .lane{font-size:12px;font-weight:600;fill:#374151}svg .lane-line{stroke:#e5e7eb}
-svg .parent{stroke:#6b7280;stroke-width:2}svg .parent.elided{stroke-dasharray:2 4}
-svg .switch{stroke:#b45309;stroke-width:2;fill:none;
-stroke-dasharray:5 3}svg .commit circle,svg .commit polygon{stroke:#1f2937;stroke-width:1.5}
-svg .kept circle,svg .kept polygon{fill:#16a34a}svg .commit-only circle,svg .commit-only polygon{fill:#fff}
-svg .evictable circle,svg .evictable polygon{fill:#9ca3af}
-svg .unknown circle,svg .unknown polygon{fill:#e5e7eb}svg .checkpoint polygon{stroke:#b45309;
-stroke-width:2.5}svg .commit .deployed-ring{fill:none;stroke:#2563eb;stroke-width:3}
-svg .label{font-size:11px;text-anchor:middle;fill:#374151}svg .step{font-size:12px;font-weight:700;
-text-anchor:middle;fill:#2563eb}.legend span{margin-right:1.2em}
+.scroll{overflow-x:auto}.legend span{margin-right:1.2em}
 """
 
 _LEGEND = (
@@ -318,7 +308,7 @@ def render_page(status: dict[str, Any]) -> str:
         # No external resources: nothing here may reach past this machine.
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src 'self' data:\">"
-        f"<title>lanshare · {node}</title><style>{_STYLE}</style></head><body>"
+        f"<title>lanshare · {node}</title><style>{_STYLE}{SVG_STYLE}</style></head><body>"
         f"<h1>lanshare on {node}</h1>"
         f'<p class="meta">version {escape(status["version"])} · LAN listener {lan} · '
         f"repository <code>{escape(status['repo']['path'])}</code> · "

@@ -18,6 +18,20 @@ from typing import Any
 # commit, path steps): a long history would make the picture unreadable.
 MAX_PLAIN_PER_REF = 12
 MAX_LANES = 12
+# Shared by the page and the standalone /chain.svg.
+SVG_STYLE = """
+svg.chain{border:1px solid #e5e7eb;background:#fafafa;font-family:system-ui,sans-serif}
+svg .lane{font-size:12px;font-weight:600;fill:#374151}svg .lane-line{stroke:#e5e7eb}
+svg .parent{stroke:#6b7280;stroke-width:2}svg .parent.elided{stroke-dasharray:2 4}
+svg .switch{stroke:#b45309;stroke-width:2;fill:none;
+stroke-dasharray:5 3}svg .commit circle,svg .commit polygon{stroke:#1f2937;stroke-width:1.5}
+svg .kept circle,svg .kept polygon{fill:#16a34a}svg .commit-only circle,svg .commit-only polygon{fill:#fff}
+svg .evictable circle,svg .evictable polygon{fill:#9ca3af}
+svg .unknown circle,svg .unknown polygon{fill:#e5e7eb}svg .checkpoint polygon{stroke:#b45309;
+stroke-width:2.5}svg .commit .deployed-ring{fill:none;stroke:#2563eb;stroke-width:3}
+svg .label{font-size:11px;text-anchor:middle;fill:#374151}svg .step{font-size:12px;font-weight:700;
+text-anchor:middle;fill:#2563eb}
+"""
 _LANE_H = 64
 _STEP_W = 58
 _LEFT = 150
@@ -127,8 +141,9 @@ def _drawn_ancestor(
     return (drawn[checksum], skipped) if checksum in drawn else (None, 0)
 
 
-def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
-    """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``."""
+def chain_svg(chain: dict[str, Any], refs: list[str], *, standalone: bool = False) -> str:
+    """The ``<svg>`` element drawing ``chain`` (the snapshot's ``chain``) over the lanes ``refs``;
+    ``standalone`` carries its own style (for ``/chain.svg``)."""
     drawn, hidden = drawn_commits(chain, refs)
     parents = {c["checksum"]: c["parent"] for c in chain["commits"]}
     lanes = [r for r in refs if any(c["ref"] == r for c in drawn)]
@@ -149,6 +164,8 @@ def chain_svg(chain: dict[str, Any], refs: list[str]) -> str:
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#b45309"/>'
         "</marker></defs>",
     ]
+    if standalone:
+        out.append(f"<style>{SVG_STYLE}</style>")
     for ref in lanes:
         out.append(
             f'<text class="lane" x="8" y="{y[ref] + 4}" data-ref="{escape(ref)}">{escape(ref)}</text>'
