@@ -50,7 +50,7 @@ def _code(checksum: str | None, length: int = 12) -> Html:
 def _bar(fraction: float | None, text: str, css: str = "") -> Html:
     width = 0.0 if fraction is None else max(0.0, min(fraction, 1.0)) * 100
     return Html(
-        f'<div class="bar {css}" role="progressbar" aria-valuenow="{width:.0f}" aria-valuemin="0" '
+        f'<div class="bar {escape(css)}" role="progressbar" aria-valuenow="{width:.0f}" aria-valuemin="0" '
         f'aria-valuemax="100"><div class="fill" style="width:{width:.1f}%"></div>'
         f"<span>{escape(text)}</span></div>"
     )

@@ -219,7 +219,7 @@ def _node(commit: dict[str, Any], cx: int, cy: int) -> str:
     if commit["path_step"]:
         classes.append("on-path")
     attrs = (
-        f'class="{" ".join(classes)}" data-commit="{commit["checksum"]}" '
+        f'class="{" ".join(classes)}" data-commit="{escape(commit["checksum"])}" '
         f'data-checkpoint="{"true" if checkpoint else "false"}"'
     )
     if checkpoint:
