@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -123,10 +124,12 @@ class _Closures:
             except (MissingObject, CorruptObject):
                 children = ((), (), ())
             else:
+                # Interned: successive versions of a directory list mostly the same files, so
+                # the cache holds each checksum string once.
                 children = (
-                    tuple(c for _, c in tree.files),
-                    tuple(m for _, _, m in tree.dirs),
-                    tuple(t for _, t, _ in tree.dirs),
+                    tuple(sys.intern(c) for _, c in tree.files),
+                    tuple(sys.intern(m) for _, _, m in tree.dirs),
+                    tuple(sys.intern(t) for _, t, _ in tree.dirs),
                 )
             if cache:
                 self._trees[checksum] = children
@@ -161,6 +164,12 @@ class _Closures:
                 add((checksum, ObjectType.DIR_META))
             stack.extend(subtrees)
         return found
+
+    def forget(self, keys: Iterable[ObjectKey]) -> None:
+        """Drop the cached children of trees about to be marked: no walk enters them again."""
+        for checksum, kind in keys:
+            if kind is ObjectType.DIR_TREE:
+                self._trees.pop(checksum, None)
 
 
 def _commit_keys(commit: str) -> list[ObjectKey]:
@@ -277,6 +286,7 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
             plan.full.setdefault(checksum, []).append("fits under max_size")
             plan.commit_only.pop(checksum, None)
             plan.marked.update(extra_keys)
+            closures.forget(extra_keys)
             used += extra
         elif checksum not in plan.commit_only:
             plan.evicted.append(checksum)

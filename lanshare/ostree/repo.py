@@ -221,7 +221,10 @@ class Repo:
         where = f"{checksum}.{object_type.value}"
         try:
             with path.open("rb") as f:
-                data = f.read(MAX_METADATA_SIZE + 1)
+                # Size first: read(MAX_METADATA_SIZE + 1) would allocate that whole buffer each time.
+                if os.fstat(f.fileno()).st_size > MAX_METADATA_SIZE:
+                    raise CorruptObject(where, "larger than the metadata size limit")
+                data = f.read()
         except FileNotFoundError:
             raise MissingObject(f"{where}: object is missing") from None
         if len(data) > MAX_METADATA_SIZE:
