@@ -9,6 +9,7 @@ hostile peer row is written into A's index the way the daemon records peers.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -31,11 +32,13 @@ import jsonschema
 import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from lanshare.config import ListenAddress, load_config
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
+from lanshare.pull.records import Recorder
 from lanshare.status import model
 from lanshare.status.app import STATUS_ADDRESS_FILE
 from lanshare.status.model import SCHEMA_FILE
@@ -101,6 +104,12 @@ def _settled_status(url: str) -> Any:
         time.sleep(0.2)
 
 
+def _saved_percent(status: Any) -> float:
+    """What the page should say: the peers' share of every byte pulled."""
+    from_peers: int = status["savings"]["from_peers_bytes"]
+    return round(100 * from_peers / (from_peers + ORIGIN_BYTES), 1)
+
+
 def _send_malformed(lan_url: str) -> None:
     """A header aiohttp cannot parse: the LAN listener logs one WARNING about it."""
     parts = urlsplit(lan_url)
@@ -108,6 +117,15 @@ def _send_malformed(lan_url: str) -> None:
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n<script>: y\r\n\r\n")
         assert s.recv(4096).split(b" ")[1] == b"400"
+
+
+ORIGIN_BYTES = 4096
+
+
+async def _pull_under_way(engine: Engine, commit: str) -> None:
+    recorder = Recorder(engine)
+    await recorder.start(commit, "os/stable-v2", "origin")
+    await recorder.progress(5, 20, ORIGIN_BYTES, force=True)
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +180,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     holdings={"os/stable": commits["v3"]},
                 )
             )  # fmt: skip
+        # A pull from the origin under way, recorded by the pull engine's own bookkeeping.
+        asyncio.run(_pull_under_way(engine, commits["v5"]))
         engine.dispose()
         _send_malformed(a.url)
         yield Fleet(a, b, config, env, commits, _status_url(a), _status_url(b))
@@ -223,15 +243,20 @@ def test_api_status_matches_its_schema_and_describes_the_chain(fleet: Fleet) -> 
     ]
     disk = status["disk"]
     assert disk["max_bytes"] == 1024**3 and 0 < disk["used_bytes"] == disk["kept_bytes"]
-    # B served everything A pulled: all of it came from a peer.
+    # B served everything of the finished pull; the one under way gets its bytes from the origin.
     b_node = (fleet.b.state / "node-id").read_text().strip()
     peers = {p["node_id"]: p for p in status["peers"]}
     assert peers[b_node]["health"] == "healthy" and peers[b_node]["bytes_in"] > 0
     assert peers[HOSTILE_PEER]["health"] == "backing off"
-    assert status["savings"]["saved_percent"] == 100.0
-    assert status["savings"]["from_peers_bytes"] == peers[b_node]["bytes_in"]
-    (transfer,) = status["transfers"]
-    assert transfer["state"] == "done" and transfer["commit"] == c["v5"] and transfer["progress"] == 1.0
+    savings = status["savings"]
+    assert savings["from_peers_bytes"] == peers[b_node]["bytes_in"]
+    assert savings["from_origin_bytes"] == ORIGIN_BYTES
+    assert savings["saved_percent"] == _saved_percent(status)
+    running, done = status["transfers"]
+    assert (running["state"], running["source"], running["progress"]) == ("running", "origin", 0.25)
+    assert (running["objects_done"], running["objects_total"]) == (5, 20)
+    assert done["state"] == "done" and done["commit"] == c["v5"] and done["progress"] == 1.0
+    assert "leased by a pull in progress" in chain[c["v5"]]["kept"]
     (warning,) = status["errors"]["recent"]
     assert warning["level"] == "WARNING" and "malformed request (400)" in warning["message"]
     assert status["errors"]["totals"] == {"WARNING": 1}
@@ -262,7 +287,8 @@ def test_metrics_parse_and_agree_with_the_status(fleet: Fleet) -> None:
     assert samples[("lanshare_peers", (("health", "healthy"),))] == 1
     assert samples[("lanshare_peers", (("health", "backing off"),))] == 1
     received = samples[("lanshare_pulled_bytes_total", (("source", "peers"),))]
-    assert received > 0 and samples[("lanshare_pulled_bytes_total", (("source", "origin"),))] == 0
+    assert received > 0 and samples[("lanshare_pulled_bytes_total", (("source", "origin"),))] == ORIGIN_BYTES
+    assert samples[("lanshare_transfers", (("state", "running"),))] == 1
     assert samples[("lanshare_log_messages_total", (("level", "WARNING"),))] >= 1
     # B's own metrics: its LAN listener served A's pull (zstd-compressed batches, so fewer bytes on
     # the wire than A stored).
@@ -340,8 +366,11 @@ def test_status_page_in_chromium(fleet: Fleet, browser: Browser, tmp_path: Path)
     b_node = (fleet.b.state / "node-id").read_text().strip()
     peers = page.inner_text("#peers")
     assert b_node in peers and HOSTILE_PEER in peers and "backing off" in peers
-    assert "100.0%" in page.inner_text("#savings")
+    status = _get_json(fleet.status + "/api/v1/status")
+    assert f"{_saved_percent(status):.1f}% of pulled bytes came from peers" in page.inner_text("#savings")
     assert page.locator("#transfers .bar.done").count() == 1
+    assert page.locator("#transfers .bar.running").get_attribute("aria-valuenow") == "25"
+    assert "5 of 20 objects" in page.inner_text("#transfers .bar.running")
     assert page.locator("#disk .bar").get_attribute("aria-valuenow") == "0"
     assert "lab <b>machines</b>" in page.inner_text("#pins")
 
@@ -381,7 +410,9 @@ def test_cli_status_summary_and_json(fleet: Fleet) -> None:
     c = fleet.commits
     assert f"deployed: {c['v1'][:12]} on os/stable" in text.stdout
     assert f"3. {c['v5'][:12]}  os/stable-v2" in text.stdout
-    assert "pulled: 100.0% from peers" in text.stdout
+    saved = _saved_percent(_get_json(fleet.status + "/api/v1/status"))
+    assert f"pulled: {saved:.1f}% from peers" in text.stdout
+    assert "transfers running: 1" in text.stdout
     as_json = run("--json")
     assert as_json.returncode == 0, as_json.stderr
     document = json.loads(as_json.stdout)
