@@ -408,6 +408,19 @@ def test_the_ref_never_moves_backwards(
     assert client.repo.read_ref("os/stable") == published.v2
 
 
+def test_of_two_commits_made_in_the_same_second_the_descendant_is_taken(
+    client: Client, published: Published, nginx: Callable[[Path], str], gpg_keys: GpgKeys, tmp_path: Path
+) -> None:
+    # A publisher committing twice within a second: timestamps tie, only the parent link orders them.
+    ahead = tmp_path / "ahead"
+    shutil.copytree(published.repo, ahead, symlinks=True)
+    trusted = ("--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir)
+    v3 = commit(ahead, make_tree(tmp_path / "t3", 3), BASE_TIME + 100, *trusted)
+    result = client.pull(nginx(published.repo), nginx(ahead))  # the source with v2 answers first
+    assert result.commit == v3
+    assert client.repo.read_ref("os/stable") == v3
+
+
 def test_a_commit_bound_to_another_collection_is_rejected(
     tmp_path: Path, published: Published, nginx: Callable[[Path], str], client: Client
 ) -> None:

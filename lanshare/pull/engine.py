@@ -20,13 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 import aiohttp
 from sqlalchemy import Engine
 
-from lanshare.errors import CorruptObject, MissingObject, UsageError
+from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # A fetch of at least this many objects is dealt out to every peer holding the whole commit.
 SPREAD_MIN_OBJECTS = 64
+# How far back a tie between equal timestamps is resolved through parents.
+_TIE_BREAK_DEPTH = 10_000
 _SPREAD_MIN_BATCH = 16
 
 Phase = Literal["metadata", "content"]
@@ -269,7 +272,33 @@ class _Pull:
         if not accepted:
             what = f"ref {ref}" if ref is not None and not is_checksum(target) else f"commit {target}"
             raise PullError(f"no acceptable commit for {what}: " + "; ".join(self.rejected))
-        return max(accepted, key=lambda v: v.commit.timestamp)
+        return self._newest(accepted)
+
+    def _newest(self, accepted: list[VerifiedCommit]) -> VerifiedCommit:
+        """The newest candidate by timestamp; among equal timestamps (commits made within one
+        second), the one the others are ancestors of, so the tie never picks an older commit."""
+        newest = max(v.commit.timestamp for v in accepted)
+        tied = [v for v in accepted if v.commit.timestamp == newest]
+        known = {v.checksum: v.commit.parent for v in accepted}
+
+        def parent_of(checksum: str) -> str | None:
+            if checksum in known:
+                return known[checksum]
+            if self.repo.has_object(checksum, ObjectType.COMMIT):
+                with suppress(Error):
+                    return self.repo.load_commit(checksum, verify=False).parent
+            return None
+
+        def ancestors(checksum: str) -> set[str]:
+            found: set[str] = set()
+            parent = parent_of(checksum)
+            while parent is not None and parent not in found and len(found) < _TIE_BREAK_DEPTH:
+                found.add(parent)
+                parent = parent_of(parent)
+            return found
+
+        older = set().union(*(ancestors(v.checksum) for v in tied)) if len(tied) > 1 else set()
+        return next((v for v in tied if v.checksum not in older), tied[0])
 
     async def _claims(self, ref: str) -> list[tuple[str, Source | None]]:
         """Each distinct commit the sources name for ``ref``, in source order."""
