@@ -496,6 +496,13 @@ def format_report(result: BenchResult, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def _can_unshare_net() -> bool:
+    """Whether this process may create a network namespace (root, unshare and ip installed, allowed)."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    return subprocess.run(["unshare", "-n", "--", "true"], capture_output=True).returncode == 0
+
+
 def _in_private_netns(argv: Sequence[str]) -> int:
     """Run this bench again inside ``unshare -n`` with ``lo`` up; its exit status."""
     env = {**os.environ, NETNS_ENV: "1"}
@@ -528,9 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not args.shared_net and not os.environ.get(NETNS_ENV):
-        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
+        if _can_unshare_net():
             return _in_private_netns(argv)
-        print("bench: not root or no unshare/ip: bytes on lo include other loopback traffic", file=sys.stderr)
+        print("bench: cannot unshare -n here: bytes on lo include other loopback traffic", file=sys.stderr)
     workdir = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="bench-pull-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
