@@ -34,8 +34,10 @@ from sqlalchemy import Engine
 
 from lanshare.config import UpgradeConfig
 from lanshare.errors import CorruptObject, Error, UsageError
+from lanshare.index import sync
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.pull import PullError, PullOptions, pull
 from lanshare.pull.engine import ProgressCallback
 from lanshare.pull.errors import SourceFailure
@@ -252,9 +254,15 @@ class Fetcher:
     async def pull(self, target: str) -> None:
         """Pull a ref's head or a commit with its whole closure, verified by the pull engine."""
         with self.progress() as progress:
-            await pull(
+            result = await pull(
                 self.repo, target, self.plan, options=self.options, index=self.index, progress=progress
             )
+        if not result.up_to_date:
+            # As after `lanshare pull`: peers and stock clients see the new ref in the summary.
+            await asyncio.to_thread(refresh_summary, self.repo)
+            if self.index is not None:
+                record = sync.record_commits
+                await asyncio.to_thread(record, self.index, self.repo, [result.commit], result.ref)
 
     async def refresh_ref(self, ref: str) -> None:
         """Bring ``ref`` up to its newest verified head; a failure only leaves it as it was."""

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from lanshare.index.db import open_index
+from lanshare.index.models import Commit, Ref
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.summary import parse_summary
 from lanshare.upgrade import parse_deployed
 from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
@@ -242,6 +247,17 @@ def test_all_walks_the_whole_chain_in_one_run(
     assert report["remaining"] == []
     assert machine.deployed() == chain.v4
     assert [line.split()[0] for line in machine.hook_calls()] == [chain.v2, chain.v3, chain.v4]
+    # What the walk pulled is visible to peers and stock clients (summary) and to `lanshare status`.
+    summary = parse_summary((machine.repo.path / "summary").read_bytes())
+    assert {r.name: r.checksum for r in summary.refs}["os/stable-v2"] == chain.v4
+    index = open_index(f"sqlite:///{machine.base / 'index.sqlite'}")
+    try:
+        with Session(index) as session:
+            refs = {r.name: r.commit for r in session.scalars(select(Ref))}
+            assert refs["os/stable-v2"] == chain.v4
+            assert session.get(Commit, chain.v4) is not None
+    finally:
+        index.dispose()
 
 
 def test_one_step_json_lists_what_remains(
