@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import logging
 
 from lanshare.cli import EXIT_OK
 from lanshare.context import Context
 from lanshare.daemon import run
+
+# glibc's mallopt parameter; a fixed value also stops glibc raising the threshold on its own.
+_M_MMAP_THRESHOLD = -3
+
+
+def _give_freed_memory_back() -> None:
+    """Make glibc map every block of 128 KiB or more on its own, so freeing it returns it to the OS.
+
+    The daemon allocates and frees many such blocks (objects read for peers, batch groups) from
+    several threads; glibc's default then keeps them in its heaps: under 50 pulling peers the
+    daemon's RSS went from 86 to 365 MB, and stayed at 309 MB; with this, 106 MB peak and 92 MB
+    after (bench/bench_load.py).  Not glibc (musl): nothing to do.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -20,5 +39,6 @@ def run_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, repo=dataclasses.replace(config.repo, path=context.repo_path))
     # journald adds its own timestamps; a terminal reader gets the level and the source.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _give_freed_memory_back()
     asyncio.run(run(config))
     return EXIT_OK
