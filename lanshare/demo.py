@@ -1,22 +1,62 @@
-"""A self-contained demonstration: publish a checkpoint chain and verify it with lanshare and ostree.
+"""The main job, shown end to end: a small LAN of machines walks a checkpoint chain with lanshare.
 
-``python3 -m lanshare.demo [DIR]`` builds an archive repository whose history has a mandatory
-checkpoint and a ref rename (``os/stable`` → ``os/stable-v2``), checks it with ``lanshare fsck``
-(and ``ostree fsck`` when the ostree CLI is installed), and prints the chain.
+``python3 -m lanshare.demo [DIR]`` (as root, on Linux with ``ip netns``) builds a LAN of three
+hosts, A, B and C, out of network namespaces it makes itself (:mod:`lanshare.netns`: nothing
+touches the machine's real interfaces, so mDNS stays inside), and then, printing each step:
+
+1. publishes a GPG-signed checkpoint chain (``os/stable`` v1 → v2 checkpoint → v3 → v4 switching to
+   ``os/stable-v2`` → v5) with a throwaway key, served by ``python3 -m http.server`` on A's own
+   loopback: only A can reach the origin;
+2. starts ``lanshare serve`` on each host: A follows ``os/stable`` from the origin; B and C have no
+   origin and no peers configured, run v1, and follow what they hold;
+3. waits until A holds the chain, then until B and C found A over mDNS and converged to it;
+4. runs ``lanshare upgrade`` on B until it is done: one deployed step per run (exit 10 while more
+   remain), recorded by a deploy hook;
+5. shows ``lanshare status`` of B and saves B's status page as HTML;
+6. stops the daemons with SIGTERM, deletes the namespaces and checks every repository with
+   ``lanshare fsck``.
+
+Everything (repositories, configs, logs, the status page) stays in DIR, default a new temporary
+directory.  Exit 0 only if B deployed every step of the update path and every fsck passed.
+Without root or namespaces it falls back to the single-machine demo (publish, fsck, path) and says
+why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from lanshare import daemon
+from lanshare.commands.peers import peer_json
+from lanshare.discovery.peers import PeerTable
 from lanshare.fsck import fsck
 from lanshare.gvariant import Variant
+from lanshare.index.db import make_engine
+from lanshare.index.models import utcnow
+from lanshare.netns import NetnsLan, NetnsUnavailable, netns_lan_context
 from lanshare.ostree.commit_tree import CommitOptions, commit_tree
+from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import regenerate_summary
+from lanshare.ostree.signing import export_public_keyring, sign_metadata
+from lanshare.update_path import RepoGraph, compute_path
+
+COLLECTION = "org.example.DemoOs"
+ORIGIN_PORT = 8000
+# Generous: the whole demo takes about 20 s on an idle 2-core machine.
+WAIT = 60.0
 
 # (ref, version, metadata) for each published commit, oldest first.
 CHAIN: list[tuple[str, str, dict[str, Variant]]] = [
@@ -27,9 +67,34 @@ CHAIN: list[tuple[str, str, dict[str, Variant]]] = [
     ("os/stable-v2", "5", {}),
 ]
 
+# The deploy hook of every demo machine: record what it was asked to deploy, next to its config.
+HOOK = """#!/bin/sh
+echo "$LANSHARE_COMMIT $LANSHARE_REF $LANSHARE_VERSION" >> "$(dirname "$0")/deployed.log"
+"""
 
-def publish_chain(repo: Repo, work: Path) -> list[str]:
-    """Commit the demo chain into ``repo``; returns the commit checksums in order."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GpgKey:
+    """The throwaway publisher key: its id, the GnuPG home holding it, its public keyring file."""
+
+    key_id: str
+    homedir: Path
+    keyring: Path
+
+
+def publish_chain(
+    repo: Repo,
+    work: Path,
+    *,
+    gpg: GpgKey | None = None,
+    on_commit: Callable[[str, str], None] | None = None,
+) -> list[str]:
+    """Commit the demo chain into ``repo``; returns the commit checksums in order.
+
+    ``gpg`` signs every commit; ``on_commit(version, checksum)`` runs after each ref moves.
+    """
     commits: list[str] = []
     tree = work / "tree"
     for index, (ref, version, metadata) in enumerate(CHAIN):
@@ -50,28 +115,418 @@ def publish_chain(repo: Repo, work: Path) -> list[str]:
             owner_gid=0,
             xattrs=False,
         )
-        checksum, _ = commit_tree(repo, tree, options)
+        checksum, data = commit_tree(repo, tree, options)
+        if gpg is not None:
+            # Signed before the ref moves, as `lanshare commit --gpg-sign` does.
+            signed = sign_metadata(
+                data, repo.load_commitmeta(checksum), gpg_key_ids=[gpg.key_id], gpg_homedir=gpg.homedir
+            )
+            repo.write_commitmeta(checksum, signed)
         repo.write_ref(ref, checksum)
         commits.append(checksum)
+        if on_commit is not None:
+            on_commit(version, checksum)
+    shutil.rmtree(tree, ignore_errors=True)
     return commits
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build the demo repository, verify it, and print the chain."""
-    args = sys.argv[1:] if argv is None else argv
-    base = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="lanshare-demo-"))
-    repo = Repo.init(base / "repo", "org.example.DemoOs")
+class DemoFailed(Exception):
+    """A step of the demo did not happen; the message says which."""
+
+
+class Narrator:
+    """Prints each step with the seconds since the demo started."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.start:5.1f} s] {text}", flush=True)
+
+    def show(self, text: str) -> None:
+        """Command output, indented under the step that produced it."""
+        for line in text.rstrip().splitlines():
+            print(f"           | {line}", flush=True)
+
+
+def wait_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
+    """Poll ``check`` until it returns something other than None/False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@dataclass
+class Machine:
+    """One demo machine: its directory (config, state, repository, logs) and its ``lanshare serve``."""
+
+    lan: NetnsLan
+    host: str
+    base: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.host.upper()
+
+    @property
+    def config(self) -> Path:
+        return self.base / "lanshare.toml"
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def repo(self) -> Path:
+        return self.base / "repo"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "serve.log"
+
+    @property
+    def deployed_log(self) -> Path:
+        return self.base / "deployed.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LANSHARE_STATE_DIR": str(self.state)}
+
+    def configure(self, keyring: Path, deployed: str, extra: str = "") -> None:
+        """Write the config, the deploy hook and the deployed-commit file."""
+        self.base.mkdir(parents=True, exist_ok=True)
+        hook = self.base / "deploy"
+        hook.write_text(HOOK)
+        hook.chmod(0o755)
+        deployed_file = self.base / "deployed-commit"
+        deployed_file.write_text(deployed + "\n")
+        self.config.write_text(
+            f'[repo]\npath = "{self.repo}"\ncollection_id = "{COLLECTION}"\n'
+            f'[trust]\ngpg_keyring = "{keyring}"\n'
+            '[sharing]\nlisten = "0.0.0.0:8089"\ninterfaces = ["eth0"]\n'
+            '[status]\nlisten = "127.0.0.1:0"\n'
+            f'[upgrade]\ndeploy_command = ["{hook}"]\ndeployed_commit_file = "{deployed_file}"\n' + extra
+        )
+
+    def launch(self) -> None:
+        """Start ``lanshare serve`` inside the host; its output goes to ``serve.log``."""
+        with open(self.log, "ab") as out:
+            self.proc = self.lan.python(
+                self.host, "-m", "lanshare.cli", "serve", "--config", str(self.config),
+                env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise DemoFailed(f"lanshare serve on {self.name} exited {self.proc.returncode}:\n{tail}")
+
+    def listening(self) -> bool:
+        self.check_alive()
+        return (self.state / daemon.LAN_ADDRESS_FILE).exists()
+
+    def cli(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``lanshare ARGS --config …`` run inside the host, as the daemon sees the network."""
+        argv = [sys.executable, "-m", "lanshare.cli", *map(str, args), "--config", str(self.config)]
+        return self.lan.run(self.host, argv, check=False, timeout=timeout, env=self.env)
+
+    def holds(self, commits: dict[str, str]) -> bool:
+        """Both heads of the chain are here, and every checkpoint and head is complete."""
+        self.check_alive()
+        if not self.repo.exists():
+            return False
+        repo = Repo.open(self.repo)
+        heads = (repo.read_ref("os/stable"), repo.read_ref("os/stable-v2"))
+        return heads == (commits["4"], commits["5"]) and all(
+            repo.has_object(commits[v], ObjectType.COMMIT) and not repo.is_partial(commits[v])
+            for v in ("2", "4", "5")
+        )
+
+    def peer_ids(self) -> set[str]:
+        """Node ids in this machine's peer table (read from its index: cheap enough to poll)."""
+        engine = make_engine(f"sqlite:///{self.state / 'index.sqlite'}")
+        try:
+            now = utcnow()
+            return {str(peer_json(p, now)["node_id"]) for p in PeerTable(engine).peers()}
+        except Exception:  # the daemon has not created its index yet
+            return set()
+        finally:
+            engine.dispose()
+
+    @property
+    def node_id(self) -> str:
+        return (self.state / daemon.NODE_ID_FILE).read_text().strip()
+
+    def stop(self) -> int | None:
+        """SIGTERM (a graceful stop: goodbye packets), waited for; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        return self.proc.poll()
+
+
+@contextlib.contextmanager
+def throwaway_gpg_key(keyring: Path) -> Iterator[GpgKey]:
+    """A fresh ed25519 signing key in a temporary GNUPGHOME; its agent is killed and the home deleted."""
+    gpg = shutil.which("gpg")
+    if gpg is None:
+        raise DemoFailed("gpg is not installed (apt-get install gnupg)")
+    # A short path: gpg-agent's socket lives in the home, and socket paths are limited to 107 bytes.
+    homedir = Path(tempfile.mkdtemp(prefix="lanshare-demo-gpg-"))
+    uid = "Demo OS Publisher <publisher@demo.invalid>"
+    try:
+
+        def run(*args: str) -> str:
+            done = subprocess.run(
+                [gpg, "--homedir", str(homedir), "--batch", *args], capture_output=True, text=True, timeout=60
+            )
+            if done.returncode != 0:
+                raise DemoFailed(f"gpg {' '.join(args)}: {done.stderr.strip()}")
+            return done.stdout
+
+        run("--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never")
+        listing = run("--with-colons", "--list-keys", uid)
+        key_id = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
+        export_public_keyring(homedir, [key_id], keyring)
+        yield GpgKey(key_id, homedir, keyring)
+    finally:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf is not None:
+            subprocess.run([gpgconf, "--homedir", str(homedir), "--kill", "all"], capture_output=True)
+        shutil.rmtree(homedir, ignore_errors=True)
+
+
+def expected_steps(origin: Repo, start: str) -> list[str]:
+    """The update path from ``start`` as lanshare computes it on the publisher's repository."""
+    return [step.commit for step in compute_path(RepoGraph(origin), start, "os/stable").steps]
+
+
+def deployed_commits(machine: Machine) -> list[str]:
+    if not machine.deployed_log.exists():
+        return []
+    return [line.split()[0] for line in machine.deployed_log.read_text().splitlines() if line.strip()]
+
+
+def fsck_all(out: Narrator, repos: dict[str, Path], keyring: Path) -> bool:
+    """``lanshare fsck`` (signatures included) on each repository; True if every one passed."""
+    ok = True
+    for name, path in repos.items():
+        argv = [
+            sys.executable,
+            "-m",
+            "lanshare.cli",
+            "fsck",
+            "--repo",
+            str(path),
+            "--gpg-keyring",
+            str(keyring),
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        verdict = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+        out.say(f"lanshare fsck {name}: {verdict}")
+        if done.returncode != 0:
+            out.show(done.stdout + done.stderr)
+            ok = False
+    return ok
+
+
+def lan_demo(lan: NetnsLan, base: Path, out: Narrator) -> bool:
+    """Steps 1–6 on the namespace LAN; True if B walked the whole chain and every fsck passed."""
+    a, b, c = (Machine(lan, host, base / host) for host in ("a", "b", "c"))
+    machines = (a, b, c)
+    origin_proc: subprocess.Popen[bytes] | None = None
+    origin_repo = base / "origin"
+    keyring = base / "publisher.gpg"
+    commits: dict[str, str] = {}
+    walked = False
+    try:
+        out.say(
+            f"LAN up: hosts A {lan['a'].address}, B {lan['b'].address}, C {lan['c'].address} "
+            f"(network namespaces {lan.tag}-*, on their own bridge)"
+        )
+        # 1. The publisher.
+        with throwaway_gpg_key(keyring) as key:
+            out.say(f"1. publisher: made a throwaway GPG key {key.key_id}; publishing the chain")
+            repo = Repo.init(origin_repo, COLLECTION)
+
+            def installed_at_v1(version: str, checksum: str) -> None:
+                # B and C were installed with v1 long ago: a copy of the publisher's repo as it was.
+                if version == "1":
+                    for machine in (b, c):
+                        shutil.copytree(origin_repo, machine.repo)
+
+            checksums = publish_chain(repo, base, gpg=key, on_commit=installed_at_v1)
+        regenerate_summary(repo)
+        for (ref, version, metadata), checksum in zip(CHAIN, checksums, strict=True):
+            commits[version] = checksum
+            marks = ", ".join(k for k in metadata) or "-"
+            out.show(f"{ref:14} v{version}  {checksum[:16]}  {marks}")
+        with open(base / "origin.log", "wb") as origin_log:
+            origin_proc = lan.python(
+                "a", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(origin_repo),
+                str(ORIGIN_PORT), stdout=origin_log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        out.say(f"   origin: http.server on A's loopback, 127.0.0.1:{ORIGIN_PORT}; B and C cannot reach it")
+
+        # 2. The daemons.
+        a.configure(
+            keyring,
+            commits["1"],
+            f'[origin]\nurl = "http://127.0.0.1:{ORIGIN_PORT}/"\nrefs = ["os/stable"]\n',
+        )
+        b.configure(keyring, commits["1"])
+        c.configure(keyring, commits["1"])
+        for machine in machines:
+            machine.launch()
+        out.say(
+            "2. lanshare serve started on A (origin: os/stable), B and C (no origin, no peers, v1 deployed)"
+        )
+        for machine in machines:
+            wait_until(machine.listening, f"lanshare serve on {machine.name} to listen")
+        out.say("   all three daemons listen on port 8089 and advertise _lanshare._tcp over mDNS")
+
+        # 3. Convergence.
+        wait_until(lambda: a.holds(commits), "A to pull the chain from the origin")
+        out.say("3. A pulled and verified the chain from the origin: os/stable → v4, os/stable-v2 → v5")
+        wait_until(lambda: a.node_id in b.peer_ids() & c.peer_ids(), "B and C to find A over mDNS")
+        out.say("   B and C found A over mDNS")
+        wait_until(lambda: b.holds(commits) and c.holds(commits), "B and C to converge with the LAN")
+        out.say("   B and C converged: each holds both heads and every checkpoint, fetched from the LAN only")
+        wait_until(lambda: {a.node_id, c.node_id} <= b.peer_ids(), "B to see both A and C")
+        peers = b.cli("peers")
+        out.say("   lanshare peers on B:")
+        out.show(peers.stdout + peers.stderr)
+
+        # 4. The upgrade walk on B.
+        expected = expected_steps(repo, commits["1"])
+        by_checksum = {checksum: version for version, checksum in commits.items()}
+        shown = ", ".join(f"v{by_checksum[s]}" for s in expected)
+        out.say(f"4. lanshare upgrade on B, one step per run; the update path from v1 is {shown}")
+        for run in range(1, len(expected) + 2):
+            started = time.monotonic()
+            done = b.cli("upgrade", "--json", timeout=180)
+            took = time.monotonic() - started
+            try:
+                report: dict[str, Any] = json.loads(done.stdout)
+            except ValueError:
+                out.say(f"   run {run}: exit {done.returncode} in {took:.1f} s")
+                out.show(done.stdout + done.stderr)
+                break
+            for step in report.get("steps_deployed", []):
+                version = by_checksum.get(step["commit"], "?")
+                out.say(
+                    f"   run {run}: exit {done.returncode} in {took:.1f} s — deployed v{version} "
+                    f"({step['ref']}, {step['commit'][:16]}): {step.get('reason', '')}"
+                )
+            if not report.get("steps_deployed"):
+                out.say(
+                    f"   run {run}: exit {done.returncode} in {took:.1f} s, status {report.get('status')}"
+                )
+            if done.returncode != 10:
+                break
+        deployed = deployed_commits(b)
+        walked = deployed == expected
+        recorded = (b.base / "deployed-commit").read_text().strip()
+        names = ", ".join("v" + by_checksum.get(d, "?") for d in deployed) or "nothing"
+        out.say(
+            f"   B's deploy hook ran for {names}; "
+            f"deployed-commit is now v{by_checksum.get(recorded, '?')}"
+            + ("" if walked else "  — NOT the whole path")
+        )
+
+        # 5. The status of B, from inside its namespace.
+        status = b.cli("status")
+        out.say("5. lanshare status on B (its status page listens on B's loopback, inside the namespace):")
+        out.show(status.stdout + status.stderr)
+        address = (b.state / "status-address").read_text().strip()
+        page = lan.run("b", [sys.executable, "-c", FETCH, f"http://{address}/"], check=False, timeout=30)
+        if page.returncode == 0:
+            (base / "b-status.html").write_text(page.stdout)
+            out.say(f"   saved B's status page: {base / 'b-status.html'}")
+        else:
+            out.say(f"   could not fetch B's status page: {page.stderr.strip()}")
+    finally:
+        # 6. A graceful stop; the namespaces are deleted by the caller.
+        stopped = [f"{m.name} exit {m.stop()}" for m in machines if m.proc is not None]
+        if origin_proc is not None and origin_proc.poll() is None:
+            origin_proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                origin_proc.wait(10)
+        if stopped:
+            out.say(f"6. stopped with SIGTERM: {', '.join(stopped)}; origin stopped")
+    repos = {"origin": origin_repo, **{m.name: m.repo for m in machines}}
+    fsck_ok = fsck_all(out, repos, keyring)
+    return walked and fsck_ok
+
+
+# Run inside B's namespace: print the page at argv[1].
+FETCH = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+)
+
+
+def single_machine_demo(base: Path, out: Narrator) -> bool:
+    """Publish the chain locally, fsck it, and print the update path (no LAN)."""
+    repo = Repo.init(base / "repo", COLLECTION)
     commits = publish_chain(repo, base)
     for (ref, version, metadata), checksum in zip(CHAIN, commits, strict=True):
         marks = ", ".join(k for k in metadata) or "-"
-        print(f"{ref:14} v{version}  {checksum[:16]}  {marks}")
+        out.show(f"{ref:14} v{version}  {checksum[:16]}  {marks}")
     report = fsck(repo)
-    print(f"lanshare fsck: {report.objects_checked} objects, {len(report.problems)} problems")
+    out.say(f"lanshare fsck: {report.objects_checked} objects, {len(report.problems)} problems")
     if shutil.which("ostree"):
         result = subprocess.run(["ostree", "fsck", f"--repo={repo.path}"], capture_output=True, text=True)
-        print(f"ostree fsck: {'ok' if result.returncode == 0 else result.stderr.strip()}")
-    print(f"repository: {repo.path}")
-    return 0 if report.ok else 1
+        out.say(f"ostree fsck: {'ok' if result.returncode == 0 else result.stderr.strip()}")
+    path = subprocess.run(
+        [sys.executable, "-m", "lanshare.cli", "path", "--repo", str(repo.path), "--from", commits[0]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    out.say(f"lanshare path --from v1 (exit {path.returncode}):")
+    out.show(path.stdout + path.stderr)
+    return report.ok and path.returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the LAN demo (or the single-machine one when namespaces cannot be made); exit 0 if it worked."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        print("usage: python3 -m lanshare.demo [OUTPUT-DIR]", file=sys.stderr)
+        return 2
+    base = Path(args[0]).resolve() if args else Path(tempfile.mkdtemp(prefix="lanshare-demo-"))
+    if base.exists() and any(base.iterdir()):
+        print(f"lanshare demo: {base} is not empty: give a new or empty directory", file=sys.stderr)
+        return 2
+    base.mkdir(parents=True, exist_ok=True)
+    out = Narrator()
+    with contextlib.ExitStack() as stack:
+        try:
+            lan = stack.enter_context(netns_lan_context(3))
+        except NetnsUnavailable as e:
+            out.say(f"no demo LAN: {e}; showing the single-machine demo instead")
+            ok = single_machine_demo(base, out)
+            out.say(f"{'done' if ok else 'FAILED'}; repository kept in {base / 'repo'}")
+            return 0 if ok else 1
+        try:
+            ok = lan_demo(lan, base, out)
+        except DemoFailed as e:
+            out.say(f"FAILED: {e}")
+            ok = False
+    out.say("   namespaces deleted")
+    out.say(
+        f"{'done: B walked the whole checkpoint chain from its LAN' if ok else 'FAILED'}; "
+        f"repositories, configs and logs kept in {base} (origin/, a/, b/, c/, b-status.html)"
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
