@@ -1,17 +1,13 @@
-"""A LAN of network namespaces for multi-host tests: hosts ``a``, ``b``, ``c`` on one bridge.
+"""Pytest fixtures over :mod:`lanshare.netns`: a LAN of network namespaces (hosts ``a``, ``b``, ``c``).
 
-Each host is its own network namespace with ``lo`` and ``eth0`` (10.123.0.1, .2, .3 /24, multicast
-routed out of eth0, no default route).  The bridge lives in a hub namespace of its own, so nothing
-is created in, or attached to, the machine's own network namespace: mDNS and HTTP between the
-hosts never reach a real interface.  Names carry a per-LAN random tag, so parallel test runs (or
-two LANs in one run) never clash; the addresses may repeat because each LAN is a separate world.
+The namespace LAN itself (hosts on a bridge in a hub namespace, unique names, teardown, stale
+cleanup) is :mod:`lanshare.netns`, shared with ``python3 -m lanshare.demo``; this module re-exports
+its names and runs the hosts' commands from the source tree.
 
 Use the ``netns_lan`` fixture (one LAN per test) or ``netns_lan_module`` (one per module) —
 import it into the test module: ``from tests.netns import netns_lan  # noqa: F401`` — or
 :func:`netns_lan_context` outside pytest (benchmarks).  Processes are started in a host with
-:meth:`NetnsLan.run` / :meth:`NetnsLan.popen` / :meth:`NetnsLan.python`; teardown kills whatever
-still runs inside the LAN's namespaces (only those) and deletes them, always; namespaces of a
-run killed before its teardown are deleted by the next run (:func:`remove_stale_namespaces`).
+:meth:`NetnsLan.run` / :meth:`NetnsLan.popen` / :meth:`NetnsLan.python`.
 
 For a single host with nothing but loopback, the ``loopback_host`` fixture (one named namespace,
 host ``"solo"``) or :func:`loopback_command` (wraps one command in ``unshare -n`` with ``lo``
@@ -21,213 +17,49 @@ up).  Everything here needs root; the fixtures skip with a reason if not.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import secrets
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from lanshare import netns as _netns
+from lanshare.netns import (
+    HOST_NAMES,
+    SUBNET,
+    Host,
+    NetnsLan,
+    NetnsUnavailable,
+    loopback_command,
+    remove_stale_namespaces,
+    unavailable_reason,
+)
+
+__all__ = [
+    "HOST_NAMES",
+    "SOURCE_ROOT",
+    "SUBNET",
+    "Host",
+    "NetnsLan",
+    "NetnsUnavailable",
+    "loopback_command",
+    "loopback_host",
+    "loopback_host_context",
+    "netns_lan",
+    "netns_lan_context",
+    "netns_lan_module",
+    "remove_stale_namespaces",
+    "require_namespaces",
+    "unavailable_reason",
+]
+
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-SUBNET = "10.123.0"
-HOST_NAMES = ("a", "b", "c", "d", "e", "f", "g", "h")
-
-
-class NetnsUnavailable(Exception):
-    """Network namespaces cannot be made here (not root, no ``ip``/``unshare``)."""
-
-
-def unavailable_reason() -> str | None:
-    """Why namespaces cannot be made on this machine, or None if they can."""
-    if os.geteuid() != 0:
-        return "network namespaces need root"
-    for tool in ("ip", "unshare"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` (iproute2/util-linux) is not installed"
-    return None
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
-
-
-@dataclass(frozen=True)
-class Host:
-    """One machine of the LAN."""
-
-    name: str  # short name: "a", "b", …
-    netns: str  # the namespace's name, for `ip netns exec`
-    address: str  # IPv4 of eth0
-
-
-@dataclass
-class NetnsLan:
-    """A running namespace LAN (see the module docstring)."""
-
-    tag: str
-    hub: str
-    hosts: dict[str, Host] = field(default_factory=dict)
-    _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
-
-    def __getitem__(self, name: str) -> Host:
-        return self.hosts[name]
-
-    def command(self, host: str, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
-        """``argv`` prefixed to run inside ``host``'s namespace."""
-        return ["ip", "netns", "exec", self.hosts[host].netns, *map(str, argv)]
-
-    def run(
-        self,
-        host: str,
-        argv: Sequence[str | os.PathLike[str]],
-        *,
-        check: bool = True,
-        timeout: float = 60,
-        env: Mapping[str, str] | None = None,
-        input: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a command to completion inside ``host``; its output is captured as text."""
-        return subprocess.run(
-            self.command(host, argv),
-            check=check,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=None if env is None else dict(env),
-            input=input,
-            cwd=SOURCE_ROOT,
-        )
-
-    def popen(
-        self, host: str, argv: Sequence[str | os.PathLike[str]], **kwargs: Any
-    ) -> subprocess.Popen[Any]:
-        """Start a command inside ``host`` (``ip netns exec`` execs it: the Popen pid is the command's).
-
-        The process is killed at teardown if still running.
-        """
-        kwargs.setdefault("cwd", SOURCE_ROOT)
-        proc: subprocess.Popen[Any] = subprocess.Popen(self.command(host, argv), **kwargs)
-        self._procs.append(proc)
-        return proc
-
-    def python(self, host: str, *args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start this Python interpreter inside ``host`` with ``args`` (``-c CODE``, ``-m MODULE``…)."""
-        return self.popen(host, [sys.executable, *args], **kwargs)
-
-    def pids(self, host: str) -> list[int]:
-        """Processes running inside ``host``'s namespace."""
-        out = _ip("netns", "pids", self.hosts[host].netns, check=False).stdout
-        return [int(p) for p in out.split()]
-
-    def _namespaces(self) -> list[str]:
-        return [h.netns for h in self.hosts.values()] + ([self.hub] if self.hub else [])
-
-    def teardown(self) -> None:
-        """Kill what runs inside the LAN (ours only) and delete its namespaces."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self._procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-        existing = set(_ip("netns", "list", check=False).stdout.split())
-        for ns in self._namespaces():
-            if ns not in existing:
-                continue
-            for _ in range(2):
-                out = _ip("netns", "pids", ns, check=False).stdout.split()
-                if not out:
-                    break
-                for pid in out:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-                time.sleep(0.05)
-            _ip("netns", "del", ns, check=False)
-
-
-def _up(lan: NetnsLan, count: int) -> None:
-    hub = lan.hub
-    _ip("netns", "add", hub)
-    _ip("-n", hub, "link", "set", "lo", "up")
-    # No snooping, no STP, no forwarding delay: multicast floods to every port at once.
-    _ip("-n", hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0", "stp_state", "0",
-        "forward_delay", "0")  # fmt: skip
-    _ip("-n", hub, "link", "set", "br0", "up")
-    for index, name in enumerate(HOST_NAMES[:count]):
-        host = Host(name, f"{lan.tag}-{name}", f"{SUBNET}.{index + 1}")
-        lan.hosts[name] = host
-        ns = host.netns
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        # The veth is made inside the hub and its peer moved straight into the host as eth0.
-        _ip("-n", hub, "link", "add", f"p-{name}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-        _ip("-n", hub, "link", "set", f"p-{name}", "master", "br0", "up")
-        _ip("-n", ns, "link", "set", "eth0", "multicast", "on", "up")
-        _ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
-        _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-    deadline = time.monotonic() + 5
-    for host in lan.hosts.values():
-        while " UP " not in _ip("-n", host.netns, "-br", "link", "show", "eth0").stdout:
-            if time.monotonic() > deadline:
-                raise NetnsUnavailable(f"eth0 of {host.netns} did not come up")
-            time.sleep(0.02)
-
-
-_TAG_RE = re.compile(r"ls(\d+)x[0-9a-f]{6}-\w+")
-
-
-def remove_stale_namespaces() -> None:
-    """Delete namespaces left by a test run that was killed before its teardown.
-
-    Only names this module makes, whose creating process is gone and which hold no process.
-    """
-    for ns in _ip("netns", "list", check=False).stdout.split():
-        match = _TAG_RE.fullmatch(ns)
-        if match is None or Path(f"/proc/{match.group(1)}").exists():
-            continue
-        if not _ip("netns", "pids", ns, check=False).stdout.split():
-            _ip("netns", "del", ns, check=False)
-
-
-def _new_tag() -> str:
-    remove_stale_namespaces()
-    return f"ls{os.getpid()}x{secrets.token_hex(3)}"
 
 
 @contextlib.contextmanager
 def netns_lan_context(count: int = 3) -> Iterator[NetnsLan]:
-    """A LAN of ``count`` hosts (at most 8), torn down on exit whatever happens."""
-    reason = unavailable_reason()
-    if reason is not None:
-        raise NetnsUnavailable(reason)
-    if not 1 <= count <= len(HOST_NAMES):
-        raise ValueError(f"1 to {len(HOST_NAMES)} hosts, not {count}")
-    tag = _new_tag()
-    lan = NetnsLan(tag=tag, hub=f"{tag}-hub")
-    try:
-        _up(lan, count)
+    """A LAN of ``count`` hosts (at most 8) whose commands run from the source tree; always torn down."""
+    with _netns.netns_lan_context(count, cwd=SOURCE_ROOT) as lan:
         yield lan
-    finally:
-        lan.teardown()
-
-
-def _solo_up(lan: NetnsLan) -> None:
-    host = Host("solo", f"{lan.tag}-solo", "127.0.0.1")
-    lan.hosts[host.name] = host
-    _ip("netns", "add", host.netns)
-    _ip("-n", host.netns, "link", "set", "lo", "up")
 
 
 @contextlib.contextmanager
@@ -236,16 +68,8 @@ def loopback_host_context() -> Iterator[NetnsLan]:
 
     Unlike :func:`loopback_command`, several processes can be started in it one by one.
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        raise NetnsUnavailable(reason)
-    tag = _new_tag()
-    lan = NetnsLan(tag=tag, hub="")
-    try:
-        _solo_up(lan)
+    with _netns.loopback_host_context(cwd=SOURCE_ROOT) as lan:
         yield lan
-    finally:
-        lan.teardown()
 
 
 @pytest.fixture
@@ -259,9 +83,7 @@ def loopback_host() -> Iterator[NetnsLan]:
 @pytest.fixture
 def netns_lan() -> Iterator[NetnsLan]:
     """Three hosts a, b, c on a namespace LAN, for one test (skips when not root)."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_namespaces()
     with netns_lan_context(3) as lan:
         yield lan
 
@@ -269,21 +91,9 @@ def netns_lan() -> Iterator[NetnsLan]:
 @pytest.fixture(scope="module")
 def netns_lan_module() -> Iterator[NetnsLan]:
     """Three hosts a, b, c on a namespace LAN shared by a test module (skips when not root)."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    require_namespaces()
     with netns_lan_context(3) as lan:
         yield lan
-
-
-def loopback_command(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """``argv`` run in a fresh network namespace holding only ``lo`` (up): ``unshare -n``.
-
-    mDNS on 127.0.0.1 works there (``AsyncZeroconf(interfaces=["127.0.0.1"])``) and reaches no
-    other machine.  The namespace ends with the command.
-    """
-    inner = " ".join(shlex.quote(str(a)) for a in argv)
-    return ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {inner}"]
 
 
 def require_namespaces() -> None:
