@@ -263,14 +263,17 @@ class Machine:
     def node_id(self) -> str:
         return (self.state / daemon.NODE_ID_FILE).read_text().strip()
 
-    def stop(self) -> int | None:
-        """SIGTERM (a graceful stop: goodbye packets), waited for; returns the exit status."""
+    def terminate(self) -> None:
+        """SIGTERM: a graceful stop (goodbye packets); see :meth:`wait`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self) -> int | None:
+        """The exit status once the daemon has stopped (None: still running after 30 s)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
         return self.proc.poll()
 
 
@@ -317,155 +320,181 @@ def deployed_commits(machine: Machine) -> list[str]:
 
 
 def fsck_all(out: Narrator, repos: dict[str, Path], keyring: Path) -> bool:
-    """``lanshare fsck`` (signatures included) on each repository; True if every one passed."""
+    """``lanshare fsck`` (signatures included) on each repository, side by side; True if all passed."""
+    fsck_cli = [sys.executable, "-m", "lanshare.cli", "fsck", "--gpg-keyring", str(keyring), "--repo"]
+    runs = {
+        name: subprocess.Popen(
+            [*fsck_cli, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for name, path in repos.items()
+    }
     ok = True
-    for name, path in repos.items():
-        argv = [
-            sys.executable,
-            "-m",
-            "lanshare.cli",
-            "fsck",
-            "--repo",
-            str(path),
-            "--gpg-keyring",
-            str(keyring),
-        ]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        verdict = "ok" if done.returncode == 0 else f"FAILED (exit {done.returncode})"
+    for name, proc in runs.items():
+        output, _ = proc.communicate(timeout=300)
+        verdict = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
         out.say(f"lanshare fsck {name}: {verdict}")
-        if done.returncode != 0:
-            out.show(done.stdout + done.stderr)
+        if proc.returncode != 0:
+            out.show(output)
             ok = False
     return ok
 
 
-def lan_demo(lan: NetnsLan, base: Path, out: Narrator) -> bool:
-    """Steps 1–6 on the namespace LAN; True if B walked the whole chain and every fsck passed."""
-    a, b, c = (Machine(lan, host, base / host) for host in ("a", "b", "c"))
-    machines = (a, b, c)
-    origin_proc: subprocess.Popen[bytes] | None = None
-    origin_repo = base / "origin"
-    keyring = base / "publisher.gpg"
-    commits: dict[str, str] = {}
-    walked = False
-    try:
-        out.say(
+class LanDemo:
+    """Steps 1–6 on the namespace LAN (see the module docstring)."""
+
+    def __init__(self, lan: NetnsLan, base: Path, out: Narrator) -> None:
+        self.lan, self.base, self.out = lan, base, out
+        self.a, self.b, self.c = (Machine(lan, host, base / host) for host in ("a", "b", "c"))
+        self.machines = (self.a, self.b, self.c)
+        self.origin_repo = base / "origin"
+        self.keyring = base / "publisher.gpg"
+        self.origin_proc: subprocess.Popen[bytes] | None = None
+        self.commits: dict[str, str] = {}  # version → checksum
+
+    def version(self, checksum: str) -> str:
+        return "v" + next((v for v, c in self.commits.items() if c == checksum), "?")
+
+    def run(self) -> bool:
+        """True if B walked the whole chain and every repository passed fsck."""
+        lan = self.lan
+        self.out.say(
             f"LAN up: hosts A {lan['a'].address}, B {lan['b'].address}, C {lan['c'].address} "
             f"(network namespaces {lan.tag}-*, on their own bridge)"
         )
-        # 1. The publisher.
-        with throwaway_gpg_key(keyring) as key:
-            out.say(f"1. publisher: made a throwaway GPG key {key.key_id}; publishing the chain")
-            repo = Repo.init(origin_repo, COLLECTION)
+        try:
+            self.publish()
+            self.start_daemons()
+            self.converge()
+            walked = self.upgrade_b()
+            self.show_status()
+        finally:
+            self.stop()
+        repos = {"origin": self.origin_repo, **{m.name: m.repo for m in self.machines}}
+        return fsck_all(self.out, repos, self.keyring) and walked
+
+    def publish(self) -> None:
+        """1. The signed chain, served on A's loopback only; B and C were installed with its v1."""
+        with throwaway_gpg_key(self.keyring) as key:
+            self.out.say(f"1. publisher: made a throwaway GPG key {key.key_id}; publishing the chain")
+            repo = Repo.init(self.origin_repo, COLLECTION)
 
             def installed_at_v1(version: str, checksum: str) -> None:
                 # B and C were installed with v1 long ago: a copy of the publisher's repo as it was.
                 if version == "1":
-                    for machine in (b, c):
-                        shutil.copytree(origin_repo, machine.repo)
+                    for machine in (self.b, self.c):
+                        shutil.copytree(self.origin_repo, machine.repo)
 
-            checksums = publish_chain(repo, base, gpg=key, on_commit=installed_at_v1)
+            checksums = publish_chain(repo, self.base, gpg=key, on_commit=installed_at_v1)
         regenerate_summary(repo)
         for (ref, version, metadata), checksum in zip(CHAIN, checksums, strict=True):
-            commits[version] = checksum
+            self.commits[version] = checksum
             marks = ", ".join(k for k in metadata) or "-"
-            out.show(f"{ref:14} v{version}  {checksum[:16]}  {marks}")
-        with open(base / "origin.log", "wb") as origin_log:
-            origin_proc = lan.python(
-                "a", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(origin_repo),
-                str(ORIGIN_PORT), stdout=origin_log, stderr=subprocess.STDOUT,
+            self.out.show(f"{ref:14} v{version}  {checksum[:16]}  {marks}")
+        with open(self.base / "origin.log", "wb") as log:
+            self.origin_proc = self.lan.python(
+                "a", "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(self.origin_repo),
+                str(ORIGIN_PORT), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        out.say(f"   origin: http.server on A's loopback, 127.0.0.1:{ORIGIN_PORT}; B and C cannot reach it")
-
-        # 2. The daemons.
-        a.configure(
-            keyring,
-            commits["1"],
-            f'[origin]\nurl = "http://127.0.0.1:{ORIGIN_PORT}/"\nrefs = ["os/stable"]\n',
+        self.out.say(
+            f"   origin: http.server on A's loopback, 127.0.0.1:{ORIGIN_PORT}; B and C cannot reach it"
         )
-        b.configure(keyring, commits["1"])
-        c.configure(keyring, commits["1"])
-        for machine in machines:
+
+    def start_daemons(self) -> None:
+        """2. ``lanshare serve`` on each host; only A knows the origin."""
+        v1 = self.commits["1"]
+        origin = f'[origin]\nurl = "http://127.0.0.1:{ORIGIN_PORT}/"\nrefs = ["os/stable"]\n'
+        self.a.configure(self.keyring, v1, origin)
+        self.b.configure(self.keyring, v1)
+        self.c.configure(self.keyring, v1)
+        for machine in self.machines:
             machine.launch()
-        out.say(
+        self.out.say(
             "2. lanshare serve started on A (origin: os/stable), B and C (no origin, no peers, v1 deployed)"
         )
-        for machine in machines:
+        for machine in self.machines:
             wait_until(machine.listening, f"lanshare serve on {machine.name} to listen")
-        out.say("   all three daemons listen on port 8089 and advertise _lanshare._tcp over mDNS")
+        self.out.say("   all three daemons listen on port 8089 and advertise _lanshare._tcp over mDNS")
 
-        # 3. Convergence.
+    def converge(self) -> None:
+        """3. A pulls from the origin; B and C find it over mDNS and fetch the chain from the LAN."""
+        a, b, c, commits = self.a, self.b, self.c, self.commits
         wait_until(lambda: a.holds(commits), "A to pull the chain from the origin")
-        out.say("3. A pulled and verified the chain from the origin: os/stable → v4, os/stable-v2 → v5")
+        self.out.say("3. A pulled and verified the chain from the origin: os/stable → v4, os/stable-v2 → v5")
         wait_until(lambda: a.node_id in b.peer_ids() & c.peer_ids(), "B and C to find A over mDNS")
-        out.say("   B and C found A over mDNS")
+        self.out.say("   B and C found A over mDNS")
         wait_until(lambda: b.holds(commits) and c.holds(commits), "B and C to converge with the LAN")
-        out.say("   B and C converged: each holds both heads and every checkpoint, fetched from the LAN only")
+        self.out.say(
+            "   B and C converged: each holds both heads and every checkpoint, fetched from the LAN only"
+        )
         wait_until(lambda: {a.node_id, c.node_id} <= b.peer_ids(), "B to see both A and C")
         peers = b.cli("peers")
-        out.say("   lanshare peers on B:")
-        out.show(peers.stdout + peers.stderr)
+        self.out.say("   lanshare peers on B:")
+        self.out.show(peers.stdout + peers.stderr)
 
-        # 4. The upgrade walk on B.
-        expected = expected_steps(repo, commits["1"])
-        by_checksum = {checksum: version for version, checksum in commits.items()}
-        shown = ", ".join(f"v{by_checksum[s]}" for s in expected)
-        out.say(f"4. lanshare upgrade on B, one step per run; the update path from v1 is {shown}")
+    def upgrade_b(self) -> bool:
+        """4. ``lanshare upgrade`` on B until done; True if its hook deployed exactly the update path."""
+        b = self.b
+        expected = expected_steps(Repo.open(self.origin_repo), self.commits["1"])
+        shown = ", ".join(self.version(s) for s in expected)
+        self.out.say(f"4. lanshare upgrade on B, one step per run; the update path from v1 is {shown}")
         for run in range(1, len(expected) + 2):
             started = time.monotonic()
             done = b.cli("upgrade", "--json", timeout=180)
-            took = time.monotonic() - started
+            said = f"   run {run}: exit {done.returncode} in {time.monotonic() - started:.1f} s"
             try:
                 report: dict[str, Any] = json.loads(done.stdout)
             except ValueError:
-                out.say(f"   run {run}: exit {done.returncode} in {took:.1f} s")
-                out.show(done.stdout + done.stderr)
+                self.out.say(said)
+                self.out.show(done.stdout + done.stderr)
                 break
             for step in report.get("steps_deployed", []):
-                version = by_checksum.get(step["commit"], "?")
-                out.say(
-                    f"   run {run}: exit {done.returncode} in {took:.1f} s — deployed v{version} "
-                    f"({step['ref']}, {step['commit'][:16]}): {step.get('reason', '')}"
+                commit = str(step["commit"])
+                self.out.say(
+                    f"{said} — deployed {self.version(commit)} ({step['ref']}, {commit[:16]}): "
+                    f"{step.get('reason', '')}"
                 )
             if not report.get("steps_deployed"):
-                out.say(
-                    f"   run {run}: exit {done.returncode} in {took:.1f} s, status {report.get('status')}"
-                )
+                self.out.say(f"{said}, status {report.get('status')}")
             if done.returncode != 10:
                 break
         deployed = deployed_commits(b)
         walked = deployed == expected
         recorded = (b.base / "deployed-commit").read_text().strip()
-        names = ", ".join("v" + by_checksum.get(d, "?") for d in deployed) or "nothing"
-        out.say(
-            f"   B's deploy hook ran for {names}; "
-            f"deployed-commit is now v{by_checksum.get(recorded, '?')}"
+        names = ", ".join(self.version(d) for d in deployed) or "nothing"
+        self.out.say(
+            f"   B's deploy hook ran for {names}; deployed-commit is now {self.version(recorded)}"
             + ("" if walked else "  — NOT the whole path")
         )
+        return walked
 
-        # 5. The status of B, from inside its namespace.
+    def show_status(self) -> None:
+        """5. B's status, asked inside its namespace; its page saved as HTML."""
+        b = self.b
         status = b.cli("status")
-        out.say("5. lanshare status on B (its status page listens on B's loopback, inside the namespace):")
-        out.show(status.stdout + status.stderr)
+        self.out.say(
+            "5. lanshare status on B (its status page listens on B's loopback, inside the namespace):"
+        )
+        self.out.show(status.stdout + status.stderr)
         address = (b.state / "status-address").read_text().strip()
-        page = lan.run("b", [sys.executable, "-c", FETCH, f"http://{address}/"], check=False, timeout=30)
+        page = self.lan.run("b", [sys.executable, "-c", FETCH, f"http://{address}/"], check=False, timeout=30)
         if page.returncode == 0:
-            (base / "b-status.html").write_text(page.stdout)
-            out.say(f"   saved B's status page: {base / 'b-status.html'}")
+            (self.base / "b-status.html").write_text(page.stdout)
+            self.out.say(f"   saved B's status page: {self.base / 'b-status.html'}")
         else:
-            out.say(f"   could not fetch B's status page: {page.stderr.strip()}")
-    finally:
-        # 6. A graceful stop; the namespaces are deleted by the caller.
-        stopped = [f"{m.name} exit {m.stop()}" for m in machines if m.proc is not None]
-        if origin_proc is not None and origin_proc.poll() is None:
-            origin_proc.terminate()
+            self.out.say(f"   could not fetch B's status page: {page.stderr.strip()}")
+
+    def stop(self) -> None:
+        """6. A graceful stop (the namespaces are deleted by the caller)."""
+        started = [m for m in self.machines if m.proc is not None]
+        for machine in started:  # all at once: each one's goodbye takes a moment
+            machine.terminate()
+        stopped = [f"{m.name} exit {m.wait()}" for m in started]
+        if self.origin_proc is not None and self.origin_proc.poll() is None:
+            self.origin_proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                origin_proc.wait(10)
+                self.origin_proc.wait(10)
         if stopped:
-            out.say(f"6. stopped with SIGTERM: {', '.join(stopped)}; origin stopped")
-    repos = {"origin": origin_repo, **{m.name: m.repo for m in machines}}
-    fsck_ok = fsck_all(out, repos, keyring)
-    return walked and fsck_ok
+            self.out.say(f"6. stopped with SIGTERM: {', '.join(stopped)}; origin stopped")
 
 
 # Run inside B's namespace: print the page at argv[1].
@@ -507,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lanshare demo: {base} is not empty: give a new or empty directory", file=sys.stderr)
         return 2
     base.mkdir(parents=True, exist_ok=True)
+    # A SIGTERM to the demo unwinds like Ctrl-C: the daemons stop and the namespaces are deleted.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = Narrator()
     with contextlib.ExitStack() as stack:
         try:
@@ -517,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             out.say(f"{'done' if ok else 'FAILED'}; repository kept in {base / 'repo'}")
             return 0 if ok else 1
         try:
-            ok = lan_demo(lan, base, out)
+            ok = LanDemo(lan, base, out).run()
         except DemoFailed as e:
             out.say(f"FAILED: {e}")
             ok = False
