@@ -539,6 +539,15 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM to the demo unwinds like Ctrl-C: the daemons stop and the namespaces are deleted.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = Narrator()
+    try:
+        return lan_main(base, out)
+    except (KeyboardInterrupt, SystemExit):
+        out.say(f"interrupted: daemons stopped, namespaces deleted; what was done is kept in {base}")
+        raise
+
+
+def lan_main(base: Path, out: Narrator) -> int:
+    """The LAN demo, or the single-machine one when namespaces cannot be made here."""
     with contextlib.ExitStack() as stack:
         try:
             lan = stack.enter_context(netns_lan_context(3))
