@@ -9,6 +9,7 @@ configured host, so a web page elsewhere cannot read it through DNS rebinding.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -69,16 +70,19 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _page(request: web.Request) -> web.Response:
-    status = await request.app[COLLECTOR].snapshot()
+    collector = request.app[COLLECTOR]
+    status = await collector.snapshot()
     # Rendering thousands of commits takes a while: off the event loop the LAN listener shares.
-    html = await asyncio.to_thread(render_page, status)
+    html = await asyncio.get_running_loop().run_in_executor(collector.executor, render_page, status)
     return web.Response(text=html, content_type="text/html", charset="utf-8")
 
 
 async def _api_status(request: web.Request) -> web.Response:
-    status = await request.app[COLLECTOR].snapshot()
+    collector = request.app[COLLECTOR]
+    status = await collector.snapshot()
     # Compact: with thousands of commits the document runs to megabytes.
-    text = await asyncio.to_thread(json.dumps, status, separators=(",", ":"), sort_keys=True)
+    dump = functools.partial(json.dumps, status, separators=(",", ":"), sort_keys=True)
+    text = await asyncio.get_running_loop().run_in_executor(collector.executor, dump)
     return web.Response(
         text=text,
         content_type="application/json",
