@@ -14,13 +14,12 @@ objects reachable from no commit at all are garbage and always go.
 from __future__ import annotations
 
 import fnmatch
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lanshare.errors import CorruptObject, MissingObject
-from lanshare.ostree.objects import ObjectType
+from lanshare.ostree.objects import ObjectType, dirtree_checksums
 from lanshare.ostree.repo import Repo
 from lanshare.update_path import CommitInfo
 
@@ -81,9 +80,11 @@ class RetentionPlan:
 def object_sizes(repo: Repo) -> dict[ObjectKey, int]:
     """Size on disk of every object, keyed by (checksum, type)."""
     sizes: dict[ObjectKey, int] = {}
-    for checksum, kind, path in repo.iter_objects():
+    for checksum, kind, entry in repo.iter_object_entries():
         try:
-            sizes[(checksum, kind)] = os.stat(path).st_size
+            # Interned: the mark phase's keys, built from the checksums trees name, then share
+            # these strings instead of holding a second copy of every checksum.
+            sizes[(sys.intern(checksum), kind)] = entry.stat(follow_symlinks=False).st_size
         except FileNotFoundError:
             continue
     return sizes
@@ -120,18 +121,21 @@ class _Closures:
         children = self._trees.get(checksum)
         if children is None:
             try:
-                tree = self.repo.load_dirtree(checksum, verify=False)
+                data = self.repo.read_metadata_bytes(checksum, ObjectType.DIR_TREE, verify=False)
+                files, dirs = dirtree_checksums(data, f"{checksum}.dirtree")
             except (MissingObject, CorruptObject):
                 children = ((), (), ())
             else:
+                children = (tuple(files), tuple(m for _, m in dirs), tuple(t for t, _ in dirs))
+            if cache:
                 # Interned: successive versions of a directory list mostly the same files, so
                 # the cache holds each checksum string once.
+                files_, metas, trees = children
                 children = (
-                    tuple(sys.intern(c) for _, c in tree.files),
-                    tuple(sys.intern(m) for _, _, m in tree.dirs),
-                    tuple(sys.intern(t) for _, t, _ in tree.dirs),
+                    tuple(map(sys.intern, files_)),
+                    tuple(map(sys.intern, metas)),
+                    tuple(map(sys.intern, trees)),
                 )
-            if cache:
                 self._trees[checksum] = children
         return children
 
@@ -143,25 +147,29 @@ class _Closures:
         root = self._root(commit)
         if root is None:
             return set()
-        present = self.present
-        found: set[ObjectKey] = set()
-
-        def add(key: ObjectKey) -> None:
-            if key in present and key not in marked:
-                found.add(key)
-
-        add((root[1], ObjectType.DIR_META))
+        present, found, intern = self.present, set(), sys.intern
+        file, dirmeta, dirtree = ObjectType.FILE, ObjectType.DIR_META, ObjectType.DIR_TREE
+        # Keys that stay in the result hold interned checksums: the same strings as the keys of
+        # ``present`` (object_sizes interns them), not one more copy per marked object.
+        key = (root[1], dirmeta)
+        if key in present and key not in marked:
+            found.add((intern(root[1]), dirmeta))
         stack = [root[0]]
         while stack:
-            key = (stack.pop(), ObjectType.DIR_TREE)
+            tree = stack.pop()
+            key = (tree, dirtree)
             if key in marked or key in found or key not in present:
                 continue
-            found.add(key)
-            files, metas, subtrees = self._tree(key[0], cache)
+            found.add((intern(tree), dirtree))
+            files, metas, subtrees = self._tree(tree, cache)
             for checksum in files:
-                add((checksum, ObjectType.FILE))
+                key = (checksum, file)
+                if key in present and key not in marked and key not in found:
+                    found.add((intern(checksum), file))
             for checksum in metas:
-                add((checksum, ObjectType.DIR_META))
+                key = (checksum, dirmeta)
+                if key in present and key not in marked and key not in found:
+                    found.add((intern(checksum), dirmeta))
             stack.extend(subtrees)
         return found
 
