@@ -13,7 +13,9 @@ to its parser.  For every input:
 CI runs a seeded few thousand inputs; ``LANSHARE_FUZZ_EXAMPLES=N`` runs N fresh random inputs per
 test (6 tests: N=17000 tries 102,000 inputs)::
 
-    LANSHARE_FUZZ_EXAMPLES=17000 python -m pytest tests/test_fuzz_objects.py
+    LANSHARE_FUZZ_EXAMPLES=17000 python -m pytest -s tests/test_fuzz_objects.py -k mutated
+
+(``-s`` shows how many inputs each test checked.)
 """
 
 from __future__ import annotations
@@ -213,8 +215,12 @@ def _hang_guard() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+CHECKED: dict[str, int] = {}  # inputs checked per kind (printed: run with -s to see them)
+
+
 def check_bounded(kind: str, data: bytes) -> None:
     """Parse ``data`` as ``kind``: CorruptObject or a result, in bounded time and memory."""
+    CHECKED[kind] = CHECKED.get(kind, 0) + 1
     tracemalloc.start()
     try:
         with _hang_guard():
@@ -262,7 +268,9 @@ def test_fuzz_mutated_objects(kind: str) -> None:
     def mutated(data: bytes, ops: list[tuple[str, int, int]]) -> None:
         check_bounded(kind, mutate(data, ops))
 
+    before = CHECKED.get(kind, 0)
     mutated()
+    print(f"\n{kind}: {CHECKED.get(kind, 0) - before} mutated inputs checked")
 
 
 # --- targeted: inputs a fuzzer rarely stumbles on ---------------------------------------------------
