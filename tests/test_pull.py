@@ -9,7 +9,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from bench.nginx import Nginx, NginxError, free_port, wait_for_port
 from lanshare.index.db import open_index
 from lanshare.index.models import Commit, Lease, Peer, Ref, Transfer, TransferState
 from lanshare.ostree.objects import ObjectType
@@ -110,68 +110,21 @@ def published(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Pu
 # --- servers ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (nginx cannot be told to pick one)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until something accepts connections on ``port``."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    pytest.fail(f"nothing listens on port {port}")
-
-
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log {prefix}/access.log;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
-
-
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Callable[[Path], str]]:
     """Start nginx serving a directory; returns its base URL."""
-    if shutil.which("nginx") is None:
-        pytest.fail("nginx missing: .ci/setup installs it (apt-get install nginx-light)")
-    procs: list[subprocess.Popen[bytes]] = []
+    servers: list[Nginx] = []
 
     def start(root: Path) -> str:
-        port = free_port()
-        prefix = tmp_path / f"nginx-{port}"
-        prefix.mkdir()
-        conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, root=root))
-        cmd = ["nginx", "-c", str(conf), "-p", str(prefix), "-e", str(prefix / "error.log")]
-        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-        procs.append(proc)
-        wait_for_port(port, proc)
-        return f"http://127.0.0.1:{port}/"
+        try:
+            servers.append(Nginx(root, tmp_path / f"nginx-{len(servers)}"))
+        except NginxError as e:
+            pytest.fail(f"{e}: .ci/setup installs it (apt-get install nginx-light)")
+        return servers[-1].url
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
