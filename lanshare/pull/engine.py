@@ -543,34 +543,56 @@ class _Pull:
             left.extend(batch)
         return left
 
-    async def _sink(self, source: Source, name: ObjectName, payload: bytes | BinaryIO) -> int:
-        """Verify and store one object from ``source``; raises CorruptObject when it is wrong."""
+    async def _sink(
+        self, source: Source, items: Sequence[tuple[ObjectName, bytes | BinaryIO]]
+    ) -> tuple[int, CorruptObject | None]:
+        """Verify and store ``items`` from ``source`` in order: how many were stored, and why the
+        next one was refused (None when all were stored)."""
+        # One worker-thread hop for the whole group: a hop per object cost more in thread
+        # hand-offs and GIL contention than many small objects take to verify and write.
+        sizes, error = await asyncio.to_thread(self._store_group, items)
+        stats = self.stats.setdefault(source.name, SourceStats())
+        for size in sizes:
+            stats.objects += 1
+            stats.bytes += size
+            self.objects_done += 1
+            self.bytes_done += size
+            if self.progress is not None:
+                done, total = self.objects_done, self.objects_total
+                self.progress(ProgressUpdate(self.phase, done, total, self.bytes_done, source.name))
+        await self.recorder.progress(self.objects_done, self.objects_total, self.bytes_done)
+        if isinstance(error, LocalWriteError):
+            raise error
+        return len(sizes), error
+
+    def _store_group(
+        self, items: Sequence[tuple[ObjectName, bytes | BinaryIO]]
+    ) -> tuple[list[int], CorruptObject | LocalWriteError | None]:
+        """Store ``items`` in order (in a worker thread) until one fails: the sizes stored, the failure."""
+        sizes: list[int] = []
+        for name, payload in items:
+            try:
+                sizes.append(self._store_one(name, payload))
+            except (CorruptObject, LocalWriteError) as e:
+                return sizes, e
+        return sizes, None
+
+    def _store_one(self, name: ObjectName, payload: bytes | BinaryIO) -> int:
+        """Verify and store one object; its size.  Raises CorruptObject when it is wrong."""
         repo = self.repo
         try:
             if name.kind is ObjectType.FILE:
                 if isinstance(payload, bytes):
-                    await asyncio.to_thread(repo.write_filez_bytes, name.checksum, payload)
-                    size = len(payload)
-                else:
-                    await asyncio.to_thread(repo.write_filez, name.checksum, payload)
-                    size = payload.tell()
-            else:
-                data = payload if isinstance(payload, bytes) else payload.read()
-                await asyncio.to_thread(repo.write_metadata, name.kind, data, name.checksum)
-                size = len(data)
+                    repo.write_filez_bytes(name.checksum, payload)
+                    return len(payload)
+                repo.write_filez(name.checksum, payload)
+                return payload.tell()
+            data = payload if isinstance(payload, bytes) else payload.read()
+            repo.write_metadata(name.kind, data, name.checksum)
+            return len(data)
         except OSError as e:
             # Raised as a non-OSError so the HTTP layer does not take it for a network failure.
             raise LocalWriteError(f"{name}: {e.strerror or e}") from None
-        stats = self.stats.setdefault(source.name, SourceStats())
-        stats.objects += 1
-        stats.bytes += size
-        self.objects_done += 1
-        self.bytes_done += size
-        if self.progress is not None:
-            done, total = self.objects_done, self.objects_total
-            self.progress(ProgressUpdate(self.phase, done, total, self.bytes_done, source.name))
-        await self.recorder.progress(self.objects_done, self.objects_total, self.bytes_done)
-        return size
 
 
 def _commit(checksum: str) -> ObjectName:

@@ -41,8 +41,11 @@ from lanshare.pull.http import (
 from lanshare.wire import ObjectName
 
 SourceKind = Literal["peer", "archive"]
-# Verifies and stores one object from a source, returning its size; raises CorruptObject.
-Sink = Callable[["Source", ObjectName, "bytes | BinaryIO"], Awaitable[int]]
+# Verifies and stores objects from a source in order; returns how many it stored and, if it
+# stopped early, the CorruptObject that the next one failed with.
+Sink = Callable[
+    ["Source", Sequence[tuple[ObjectName, "bytes | BinaryIO"]]], Awaitable[tuple[int, CorruptObject | None]]
+]
 # Called once when a source is abandoned, with the reason and whether it served bad data.
 AbandonHook = Callable[["Source", str, bool], None]
 
@@ -261,11 +264,11 @@ class Source:
         if buffer is None:
             return "not found"
         try:
-            await sink(self, name, buffer.stream())
-        except CorruptObject as e:
-            return self._fail(SourceFailure(f"served a corrupt object: {e}", bad_data=True))
+            _, error = await sink(self, [(name, buffer.stream())])
         finally:
             buffer.close()
+        if error is not None:
+            return self._fail(SourceFailure(f"served a corrupt object: {error}", bad_data=True))
         return None
 
 
@@ -323,18 +326,23 @@ class PeerSource(Source):
         decoder = wire.BatchDecoder(list(batch))
 
         async def on_chunk(chunk: bytes) -> None:
-            # Records are verified and stored as they arrive: memory stays at one record.
+            # Records are verified and stored as they arrive, those one chunk completes together:
+            # memory stays at about one chunk's records.
+            present: list[tuple[ObjectName, bytes | BinaryIO]] = []
             for name, data, status in decoder.feed(chunk):
                 if status == wire.TOO_LARGE:
                     too_large.append(name)
                 elif data is None:
                     outcome[name] = "not held by this peer"
                 else:
-                    try:
-                        await sink(self, name, data)
-                    except CorruptObject as e:
-                        raise SourceFailure(f"served a corrupt object: {e}", bad_data=True) from None
-                    outcome[name] = None
+                    present.append((name, data))
+            if not present:
+                return
+            stored, error = await sink(self, present)
+            for name, _ in present[:stored]:
+                outcome[name] = None
+            if error is not None:
+                raise SourceFailure(f"served a corrupt object: {error}", bad_data=True)
 
         url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
         try:
