@@ -146,7 +146,10 @@ async def send_batch(
     finally:
         # The read-ahead may still be running; collect its outcome so no error is reported as lost.
         pending.add_done_callback(_discard)
-    await response.write_eof()
+    try:
+        await response.write_eof()
+    except ConnectionError:  # the peer left before the last chunk: nothing to report
+        abort(request)
     return response
 
 
