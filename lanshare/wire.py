@@ -23,8 +23,9 @@ Bump :data:`VERSION` (and the path prefix) for any incompatible change.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO, cast
 
 import zstandard
 
@@ -55,7 +56,7 @@ _KIND_CODES: dict[ObjectType, int] = {
 }
 _CODE_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
 _HEADER = struct.Struct(">B32sB")
-_FEED_SLICE = 1024
+_INFLATE_STEP = 256 * 1024
 _LENGTH = struct.Struct(">Q")
 _MAX_BUFFERED = MAX_OBJECT_BYTES + _HEADER.size + _LENGTH.size + 1
 
@@ -119,6 +120,17 @@ def compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=3)
 
 
+class _Inflated:
+    """The file-like end of the zstd stream writer: passes each piece of output on."""
+
+    def __init__(self, take: Callable[[bytes], None]) -> None:
+        self._take = take
+
+    def write(self, data: bytes) -> int:
+        self._take(data)
+        return len(data)
+
+
 class BatchDecoder:
     """Incremental parser of a batch response: feed compressed bytes, get records as they complete.
 
@@ -130,26 +142,36 @@ class BatchDecoder:
     def __init__(self, expected: list[ObjectName]) -> None:
         self._expected = list(expected)
         self._next = 0
-        self._inflater = zstandard.ZstdDecompressor().decompressobj()
+        # A stream writer hands the inflated bytes to _inflated at most _INFLATE_STEP at a time,
+        # however much one network chunk expands to, so a decompression bomb is caught (by the
+        # size check there) before it exhausts memory, with one decompress call per chunk.
+        self._inflater = zstandard.ZstdDecompressor().stream_writer(
+            cast(IO[bytes], _Inflated(self._inflated)),  # it only ever calls write()
+            write_size=_INFLATE_STEP,
+            write_return_read=True,
+        )
         self._buffer = bytearray()
+        self._need = 1  # buffered bytes the next record needs before parsing it is worth trying
+        self._records: list[tuple[ObjectName, bytes | None, int]] = []
         self._seen_magic = False
         self._done = False
 
     def feed(self, compressed: bytes) -> list[tuple[ObjectName, bytes | None, int]]:
         """Parse what ``compressed`` completes: (name, data or None, status) per finished record."""
-        out: list[tuple[ObjectName, bytes | None, int]] = []
-        # Small slices bound what one step can inflate to (zstd can expand a few bytes into a
-        # whole block), so a decompression bomb is caught before it exhausts memory.
-        for start in range(0, len(compressed), _FEED_SLICE):
-            try:
-                self._buffer += self._inflater.decompress(compressed[start : start + _FEED_SLICE])
-            except zstandard.ZstdError as e:
-                raise WireError(f"batch stream is not valid zstd: {e}") from None
-            while (record := self._parse_one()) is not None:
-                out.append(record)
-            if len(self._buffer) > _MAX_BUFFERED:
-                raise WireError(f"batch record larger than the {MAX_OBJECT_BYTES}-byte limit")
+        try:
+            self._inflater.write(compressed)
+        except zstandard.ZstdError as e:
+            raise WireError(f"batch stream is not valid zstd: {e}") from None
+        out, self._records = self._records, []
         return out
+
+    def _inflated(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._need:
+            while (record := self._parse_one()) is not None:
+                self._records.append(record)
+        if len(self._buffer) > _MAX_BUFFERED:
+            raise WireError(f"batch record larger than the {MAX_OBJECT_BYTES}-byte limit")
 
     def _parse_one(self) -> tuple[ObjectName, bytes | None, int] | None:
         buf = self._buffer
@@ -194,9 +216,12 @@ class BatchDecoder:
             raise WireError(f"{want} claims {length} bytes (limit {MAX_OBJECT_BYTES})")
         start = _HEADER.size + _LENGTH.size
         if len(buf) < start + length:
+            self._need = start + length  # a large object arrives in many steps: parse it once
             return None
-        data = bytes(buf[start : start + length])
+        with memoryview(buf) as view:
+            data = bytes(view[start : start + length])  # one copy, not two
         del buf[: start + length]
+        self._need = 1
         self._next += 1
         return want, data, PRESENT
 
