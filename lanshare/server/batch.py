@@ -45,12 +45,13 @@ def read_object(root: Path, name: wire.ObjectName) -> tuple[bytes | None, int]:
         if size > limit:
             return None, wire.TOO_LARGE
         try:
-            data = f.read(limit + 1)
+            # Sized by fstat: read(limit + 1) allocated the whole limit for every small object.
+            data = f.read(size + 1)
         except OSError as e:
             log.warning("cannot read %s: %s", "/".join(parts), e)
             return None, wire.ABSENT
-    # A file that grew past the limit since fstat is not sent half-read.
-    return (data, wire.PRESENT) if len(data) <= limit else (None, wire.TOO_LARGE)
+    # A file that changed size since fstat is not sent half-read: the archive path serves it.
+    return (data, wire.PRESENT) if len(data) == size else (None, wire.TOO_LARGE)
 
 
 class BatchEncoder:
