@@ -139,9 +139,13 @@ class _Closures:
                 self._trees[checksum] = children
         return children
 
-    def unmarked(self, commit: str, marked: set[ObjectKey], *, cache: bool = True) -> set[ObjectKey]:
+    def unmarked(
+        self, commit: str, marked: set[ObjectKey], *, cache: bool = True, budget: int | None = None
+    ) -> set[ObjectKey] | None:
         """Present objects of the commit's closure not in ``marked`` (a partial commit gives what it has).
 
+        With ``budget``, None as soon as they add up to more than ``budget`` bytes: a commit that
+        cannot fit is known without walking its whole tree (``-1``: stop at the first one).
         ``cache=False`` when the result is about to be marked: its trees are never walked again.
         """
         root = self._root(commit)
@@ -149,28 +153,45 @@ class _Closures:
             return set()
         present, found, intern = self.present, set(), sys.intern
         file, dirmeta, dirtree = ObjectType.FILE, ObjectType.DIR_META, ObjectType.DIR_TREE
+        left = budget if budget is not None else -1
         # Keys that stay in the result hold interned checksums: the same strings as the keys of
         # ``present`` (object_sizes interns them), not one more copy per marked object.
         key = (root[1], dirmeta)
         if key in present and key not in marked:
             found.add((intern(root[1]), dirmeta))
+            left -= present[key]
         stack = [root[0]]
         while stack:
+            if budget is not None and left < 0:
+                return None
             tree = stack.pop()
             key = (tree, dirtree)
             if key in marked or key in found or key not in present:
                 continue
             found.add((intern(tree), dirtree))
+            left -= present[key]
             files, metas, subtrees = self._tree(tree, cache)
             for checksum in files:
                 key = (checksum, file)
                 if key in present and key not in marked and key not in found:
                     found.add((intern(checksum), file))
+                    left -= present[key]
             for checksum in metas:
                 key = (checksum, dirmeta)
                 if key in present and key not in marked and key not in found:
                     found.add((intern(checksum), dirmeta))
+                    left -= present[key]
             stack.extend(subtrees)
+        return None if budget is not None and left < 0 else found
+
+    def fully_marked(self, commit: str, marked: set[ObjectKey]) -> bool:
+        """Whether every present object of the commit's closure is in ``marked``."""
+        return self.unmarked(commit, marked, budget=-1) == set()
+
+    def closure_to_mark(self, commit: str, marked: set[ObjectKey]) -> set[ObjectKey]:
+        """Every present object of the commit's closure not in ``marked``, about to be marked."""
+        found = self.unmarked(commit, marked, cache=False)
+        assert found is not None  # no budget
         return found
 
     def forget(self, keys: Iterable[ObjectKey]) -> None:
@@ -271,7 +292,7 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
     closures = _Closures(repo, plan.sizes)
     for checksum in plan.full:
         plan.marked.update(_commit_keys(checksum))
-        plan.marked.update(closures.unmarked(checksum, plan.marked, cache=False))
+        plan.marked.update(closures.closure_to_mark(checksum, plan.marked))
 
     # The commit objects of each followed ref's whole held history stay (a few hundred bytes
     # each): a machine years behind finds its deployed commit by walking back from the head, and
@@ -287,10 +308,14 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
     budget = policy.max_size
     used = plan.bytes_kept
     for checksum in candidates:
-        extra_keys = closures.unmarked(checksum, plan.marked)
-        extra_keys.update(key for key in _commit_keys(checksum) if key not in plan.marked)
-        extra = sum(plan.sizes.get(key, 0) for key in extra_keys)
-        if budget is None or used + extra <= budget:
+        commit_keys = [key for key in _commit_keys(checksum) if key not in plan.marked]
+        left = None if budget is None else budget - used - sum(plan.sizes.get(k, 0) for k in commit_keys)
+        extra_keys = (
+            None if left is not None and left < 0 else closures.unmarked(checksum, plan.marked, budget=left)
+        )
+        if extra_keys is not None:
+            extra_keys.update(commit_keys)
+            extra = sum(plan.sizes.get(key, 0) for key in extra_keys)
             plan.full.setdefault(checksum, []).append("fits under max_size")
             plan.commit_only.pop(checksum, None)
             plan.marked.update(extra_keys)
@@ -302,7 +327,7 @@ def plan_retention(repo: Repo, policy: RetentionPolicy) -> RetentionPlan:
         plan.marked.update(_commit_keys(checksum))
         if not commits[checksum].complete:
             continue
-        if not closures.unmarked(checksum, plan.marked):
+        if closures.fully_marked(checksum, plan.marked):
             # Kept commits already hold its whole tree: it stays complete at no cost.
             plan.full[checksum] = ["its tree is shared with kept commits"]
             del plan.commit_only[checksum]
