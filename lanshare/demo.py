@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -38,14 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import OperationalError
-
-from lanshare import daemon
-from lanshare.discovery.peers import PeerTable
 from lanshare.fsck import fsck
 from lanshare.gvariant import Variant
-from lanshare.index.db import make_engine
 from lanshare.netns import NetnsLan, NetnsUnavailable, netns_lan_context
+from lanshare.netns_daemon import NamespaceDaemon
 from lanshare.ostree.commit_tree import CommitOptions, commit_tree
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
@@ -161,42 +156,16 @@ def wait_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) 
         time.sleep(0.2)
 
 
-@dataclass
-class Machine:
+class Machine(NamespaceDaemon):
     """One demo machine: its directory (config, state, repository, logs) and its ``lanshare serve``."""
-
-    lan: NetnsLan
-    host: str
-    base: Path
-    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
         return self.host.upper()
 
     @property
-    def config(self) -> Path:
-        return self.base / "lanshare.toml"
-
-    @property
-    def state(self) -> Path:
-        return self.base / "state"
-
-    @property
-    def repo(self) -> Path:
-        return self.base / "repo"
-
-    @property
-    def log(self) -> Path:
-        return self.base / "serve.log"
-
-    @property
     def deployed_log(self) -> Path:
         return self.base / "deployed.log"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "LANSHARE_STATE_DIR": str(self.state)}
 
     def configure(self, keyring: Path, deployed: str, extra: str = "") -> None:
         """Write the config, the deploy hook and the deployed-commit file."""
@@ -206,35 +175,22 @@ class Machine:
         hook.chmod(0o755)
         deployed_file = self.base / "deployed-commit"
         deployed_file.write_text(deployed + "\n")
-        self.config.write_text(
-            f'[repo]\npath = "{self.repo}"\ncollection_id = "{COLLECTION}"\n'
+        self.write_config(
+            f'collection_id = "{COLLECTION}"\n'
             f'[trust]\ngpg_keyring = "{keyring}"\n'
             '[sharing]\nlisten = "0.0.0.0:8089"\ninterfaces = ["eth0"]\n'
             '[status]\nlisten = "127.0.0.1:0"\n'
             f'[upgrade]\ndeploy_command = ["{hook}"]\ndeployed_commit_file = "{deployed_file}"\n' + extra
         )
 
-    def launch(self) -> None:
-        """Start ``lanshare serve`` inside the host; its output goes to ``serve.log``."""
-        with open(self.log, "ab") as out:
-            self.proc = self.lan.python(
-                self.host, "-m", "lanshare.cli", "serve", "--config", str(self.config),
-                env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:]
-            raise DemoFailed(f"lanshare serve on {self.name} exited {self.proc.returncode}:\n{tail}")
+        died = self.exited()
+        if died is not None:
+            raise DemoFailed(died)
 
     def listening(self) -> bool:
         self.check_alive()
-        return (self.state / daemon.LAN_ADDRESS_FILE).exists()
-
-    def cli(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """``lanshare ARGS --config …`` run inside the host, as the daemon sees the network."""
-        argv = [sys.executable, "-m", "lanshare.cli", *map(str, args), "--config", str(self.config)]
-        return self.lan.run(self.host, argv, check=False, timeout=timeout, env=self.env)
+        return super().listening()
 
     def holds(self, commits: dict[str, str]) -> bool:
         """Both heads of the chain are here, and every checkpoint and head is complete."""
@@ -249,31 +205,8 @@ class Machine:
         )
 
     def peer_ids(self) -> set[str]:
-        """Node ids in this machine's peer table (read from its index: cheap enough to poll)."""
-        engine = make_engine(f"sqlite:///{self.state / 'index.sqlite'}")
-        try:
-            return {peer.node_id for peer in PeerTable(engine).peers()}
-        except OperationalError:  # the daemon has not created its index yet
-            return set()
-        finally:
-            engine.dispose()
-
-    @property
-    def node_id(self) -> str:
-        return (self.state / daemon.NODE_ID_FILE).read_text().strip()
-
-    def terminate(self) -> None:
-        """SIGTERM: a graceful stop (goodbye packets); see :meth:`wait`."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self) -> int | None:
-        """The exit status once the daemon has stopped (None: still running after 30 s)."""
-        if self.proc is None:
-            return None
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(30)
-        return self.proc.poll()
+        """Node ids in this machine's peer table."""
+        return {peer.node_id for peer in self.known_peers()}
 
 
 @contextlib.contextmanager
