@@ -32,8 +32,8 @@ from lanshare.server.limits import LanLimits
 from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
 from tests.gpg_fixtures import GpgKeys
+from tests.publisher import BASE_TIME, NEWER, Published, commit, publish, signed_by
 
-BASE_TIME = 1_700_000_000
 # Short enough that hostile servers cost a second at most, long enough for an honest loopback.
 FAST = Timeouts(connect=2.0, read=2.0, low_speed_limit=2000, low_speed_time=0.5)
 
@@ -52,59 +52,20 @@ def make_tree(root: Path, seed: int, files: int = 60, size: int = 3000) -> Path:
     return root
 
 
-def commit(repo: Path, tree: Path, timestamp: int, *sign: str | Path, branch: str = "os/stable") -> str:
-    """Commit with ``lanshare commit`` and return the new head of ``branch``."""
-    args: list[str | Path] = ["commit", "--repo", repo, "--branch", branch, "--tree", tree]
-    args += ["--timestamp", str(timestamp)]
-    assert lanshare(*args, "--no-xattrs", *sign) == 0
-    head = Repo.open(repo).read_ref(branch)
-    assert head is not None
-    return head
-
-
-@dataclass(frozen=True)
-class Published:
-    """A publisher repo (v1 then v2 on os/stable, GPG-signed) and hostile variants of it."""
-
-    repo: Path
-    v1: str
-    v2: str
-    keyring: Path
-    variants: dict[str, tuple[Path, str]]  # name → (repo, the commit its os/stable points to)
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Published:
     """Build the publisher's history once for the whole module."""
     base = tmp_path_factory.mktemp("published")
-    repo = base / "repo"
-    trusted = ("--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir)
-    v1 = commit(repo, make_tree(base / "t1", 1), BASE_TIME, *trusted)
-    v2 = commit(repo, make_tree(base / "t2", 2), BASE_TIME + 100, *trusted)
-    variants: dict[str, tuple[Path, str]] = {}
-
-    def variant(name: str) -> Path:
-        path = base / name
-        shutil.copytree(repo, path, symlinks=True)
-        return path
-
-    newer = BASE_TIME + 200
-    path = variant("unsigned")
-    variants["unsigned"] = (path, commit(path, make_tree(base / "t3", 3), newer))
-    path = variant("unknown-key")
-    other = ("--gpg-sign", gpg_keys.other.key_id, "--gpg-homedir", gpg_keys.homedir)
-    variants["unknown-key"] = (path, commit(path, make_tree(base / "t4", 4), newer, *other))
-    path = variant("wrong-binding")
-    bound = commit(path, make_tree(base / "t5", 5), newer, *trusted, branch="os/other")
+    published = publish(base, gpg_keys, make_tree)
+    trusted = signed_by(gpg_keys, gpg_keys.trusted)
+    path = published.variant("wrong-binding")
+    bound = commit(path, make_tree(base / "t5", 5), NEWER, *trusted, branch="os/other")
     Repo.open(path).write_ref("os/stable", bound)
-    variants["wrong-binding"] = (path, bound)
-    path = variant("downgrade")
-    Repo.open(path).write_ref("os/stable", v1)
-    variants["downgrade"] = (path, v1)
+    published.variants["wrong-binding"] = (path, bound)
     path = base / "other-collection"
     args = ("--collection-id", "org.example.Other", *trusted)
-    variants["other-collection"] = (path, commit(path, make_tree(base / "t6", 6), newer, *args))
-    return Published(repo, v1, v2, gpg_keys.trusted.keyring, variants)
+    published.variants["other-collection"] = (path, commit(path, make_tree(base / "t6", 6), NEWER, *args))
+    return published
 
 
 # --- servers ----------------------------------------------------------------------------------------
@@ -367,7 +328,7 @@ def test_of_two_commits_made_in_the_same_second_the_descendant_is_taken(
     # A publisher committing twice within a second: timestamps tie, only the parent link orders them.
     ahead = tmp_path / "ahead"
     shutil.copytree(published.repo, ahead, symlinks=True)
-    trusted = ("--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir)
+    trusted = signed_by(gpg_keys, gpg_keys.trusted)
     v3 = commit(ahead, make_tree(tmp_path / "t3", 3), BASE_TIME + 100, *trusted)
     result = client.pull(nginx(published.repo), nginx(ahead))  # the source with v2 answers first
     assert result.commit == v3
@@ -454,9 +415,7 @@ def test_a_pull_killed_mid_way_resumes_without_downloading_again(
 ) -> None:
     publisher = tmp_path / "big"
     tree = make_tree(tmp_path / "big-tree", 7, files=400, size=16000)
-    head = commit(
-        publisher, tree, BASE_TIME, "--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir
-    )
+    head = commit(publisher, tree, BASE_TIME, *signed_by(gpg_keys, gpg_keys.trusted))
     total = sum(p.stat().st_size for p in (publisher / "objects").rglob("*.*"))
     # Throttled so the pull takes about three seconds.
     server = hs.ArchiveServer(publisher, rate=total // 3)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -28,20 +27,12 @@ from lanshare.gvariant import Variant
 from lanshare.ostree.objects import ObjectType, encode_metadata, parse_metadata
 from lanshare.ostree.repo import Repo
 from lanshare.status.app import STATUS_ADDRESS_FILE
-from tests.conftest import build_tree, lanshare
+from tests.conftest import lanshare
 from tests.gpg_fixtures import GpgKeys
+from tests.publisher import publish
 from tests.test_serve import Daemon, _start, _stop
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-BASE_TIME = 1_700_000_000
-
-
-def _commit(repo: Path, tree: Path, when: int, *extra: str | Path) -> str:
-    args: list[str | Path] = ["commit", "--repo", repo, "--branch", "os/stable", "--tree", tree]
-    assert lanshare(*args, "--no-xattrs", "--timestamp", str(when), *extra) == 0
-    head = Repo.open(repo).read_ref("os/stable")
-    assert head is not None
-    return head
 
 
 @dataclass
@@ -81,28 +72,9 @@ def _flip_signature(repo: Repo, signed: str) -> str:
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterator[Lan]:
     base = tmp_path_factory.mktemp("trust")
-    publisher = base / "publisher"
-    trusted = ("--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir)
-    v1 = _commit(publisher, build_tree(base / "t1", 1), BASE_TIME, *trusted)
-    v2 = _commit(publisher, build_tree(base / "t2", 2), BASE_TIME + 100, *trusted)
-    variants: dict[str, tuple[Path, str]] = {}
-
-    def variant(name: str) -> Path:
-        path = base / name
-        shutil.copytree(publisher, path, symlinks=True)
-        return path
-
-    newer = BASE_TIME + 200
-    path = variant("unsigned")
-    variants["unsigned"] = (path, _commit(path, build_tree(base / "t3", 3), newer))
-    path = variant("unknown-key")
-    other = ("--gpg-sign", gpg_keys.other.key_id, "--gpg-homedir", gpg_keys.homedir)
-    variants["unknown-key"] = (path, _commit(path, build_tree(base / "t4", 4), newer, *other))
-    path = variant("transplanted-signature")
-    variants["transplanted-signature"] = (path, _transplant(Repo.open(path), v2))
-    path = variant("backwards")
-    Repo.open(path).write_ref("os/stable", v1)
-    variants["backwards"] = (path, v1)
+    published = publish(base, gpg_keys, name="publisher")
+    path = published.variant("transplanted-signature")
+    published.variants["transplanted-signature"] = (path, _transplant(Repo.open(path), published.v2))
     daemons: list[Daemon] = []
 
     def serve(name: str, repo: Path) -> Daemon:
@@ -112,12 +84,13 @@ def lan(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterator
         return daemon
 
     try:
-        honest = serve("honest", publisher)
-        hostile = {name: (serve(name, repo), bad) for name, (repo, bad) in variants.items()}
+        honest = serve("honest", published.repo)
+        hostile = {name: (serve(name, repo), bad) for name, (repo, bad) in published.variants.items()}
         # Flipped signature bytes on the trusted commit itself: the peer that serves it is at v2 too.
-        path = variant("flipped-signature")
-        hostile["flipped-signature"] = (serve("flipped", path), _flip_signature(Repo.open(path), v2))
-        yield Lan(v1, v2, gpg_keys.trusted.keyring, honest, hostile)
+        path = published.variant("flipped-signature")
+        flipped = _flip_signature(Repo.open(path), published.v2)
+        hostile["flipped-signature"] = (serve("flipped", path), flipped)
+        yield Lan(published.v1, published.v2, published.keyring, honest, hostile)
     finally:
         for daemon in daemons:
             assert _stop(daemon) == 0
@@ -158,9 +131,9 @@ REASONS = {
     "unknown-key": "has no valid signature",
     "transplanted-signature": "BAD signature",
     "flipped-signature": "BAD signature",
-    "backwards": "refusing to move os/stable backwards",
+    "downgrade": "refusing to move os/stable backwards",
 }
-HOSTILE = ["unsigned", "unknown-key", "transplanted-signature", "flipped-signature", "backwards"]
+HOSTILE = ["unsigned", "unknown-key", "transplanted-signature", "flipped-signature", "downgrade"]
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -168,7 +141,7 @@ def test_a_hostile_peer_alone_cannot_make_a_machine_store_or_move_anything(
     tmp_path: Path, lan: Lan, name: str
 ) -> None:
     daemon, bad = lan.hostile[name]
-    if name == "backwards":
+    if name == "downgrade":
         # The machine already has v2, from the publisher.
         assert _machine(tmp_path, lan, [lan.honest.url]).run("pull", "os/stable").returncode == 0
     machine = _machine(tmp_path, lan, [daemon.url])
@@ -179,7 +152,7 @@ def test_a_hostile_peer_alone_cannot_make_a_machine_store_or_move_anything(
     assert len(message) == 1 and message[0].startswith("lanshare: error:"), result.stderr
     assert bad in message[0] and REASONS[name] in message[0], message[0]
     repo = Repo.init(machine.repo)
-    if name == "backwards":
+    if name == "downgrade":
         assert repo.read_ref("os/stable") == lan.v2 and _objects(machine.repo) == before
     else:
         assert repo.read_ref("os/stable") is None
