@@ -31,7 +31,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,7 +38,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.bench_repo import GNU_TIME, PROJECT_ROOT, BenchError, Run, run_timed
+from bench.bench_repo import (
+    GNU_TIME,
+    PROJECT_ROOT,
+    BenchError,
+    Run,
+    add_run_arguments,
+    parse_bench_args,
+    run_timed,
+    work_directory,
+)
 from bench.historygen import (
     DEFAULT_BASE_FILES,
     DEFAULT_COMMITS,
@@ -406,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--commits", type=int, default=DEFAULT_COMMITS, help="commits per ref")
     parser.add_argument("--base-files", type=int, default=DEFAULT_BASE_FILES, help="files in the base tree")
     parser.add_argument("--seed", type=int, default=0, help="seed of the history generator")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (median)")
+    add_run_arguments(parser, each="variant", kept="the repositories")
     parser.add_argument(
         "--tight-fraction",
         type=float,
@@ -416,37 +424,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fsck-source", action="store_true", help="ostree fsck the generated repo first")
     parser.add_argument("--no-fsck", action="store_true", help="skip ostree fsck of the pruned copies")
     parser.add_argument("--profile", type=Path, metavar="FILE", help="also cProfile lanshare prune into FILE")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the repositories")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    workdir = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="bench-prune-", dir="/tmp"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_bench(
-            workdir,
-            args.refs,
-            args.commits,
-            args.base_files,
-            args.seed,
-            args.rounds,
-            args.tight_fraction,
-            fsck_source=args.fsck_source,
-            fsck_results=not args.no_fsck,
-            keep_results=args.keep is not None,
-            log=print,
-        )
-        print()
-        print(format_report(result, args.rounds), flush=True)
-        if args.profile:
-            print(f"\nprofiling lanshare prune (max_size {LOOSE_MAX_SIZE}) into {args.profile} ...")
-            print(profile_lanshare(workdir, workdir / "source", args.profile))
-    except (BenchError, subprocess.CalledProcessError) as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    args = parse_bench_args(parser, argv)
+    with work_directory(args.keep, "bench-prune-") as workdir:
+        try:
+            result = run_bench(
+                workdir,
+                args.refs,
+                args.commits,
+                args.base_files,
+                args.seed,
+                args.rounds,
+                args.tight_fraction,
+                fsck_source=args.fsck_source,
+                fsck_results=not args.no_fsck,
+                keep_results=args.keep is not None,
+                log=print,
+            )
+            print()
+            print(format_report(result, args.rounds), flush=True)
+            if args.profile:
+                print(f"\nprofiling lanshare prune (max_size {LOOSE_MAX_SIZE}) into {args.profile} ...")
+                print(profile_lanshare(workdir, workdir / "source", args.profile))
+        except (BenchError, subprocess.CalledProcessError) as e:
+            print(f"bench failed: {e}", file=sys.stderr)
+            return 1
     for failure in result.failures:
         print(f"bench failed: {failure}", file=sys.stderr)
     return 1 if result.failures else 0

@@ -36,13 +36,24 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.bench_repo import GNU_TIME, PROJECT_ROOT, TIMESTAMP, BenchError, Run, _read_all, run_timed
+from bench.bench_repo import (
+    GNU_TIME,
+    PROJECT_ROOT,
+    TIMESTAMP,
+    BenchError,
+    Run,
+    _read_all,
+    add_run_arguments,
+    add_tree_arguments,
+    parse_bench_args,
+    run_timed,
+    work_directory,
+)
 from bench.nginx import Nginx, NginxError, free_port
 from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, TreeStats, generate_tree
 from lanshare.index.db import open_index
@@ -520,34 +531,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="entries in the generated tree")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes of file data in the tree")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tree generator")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each way of pulling (median)")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the repositories")
+    add_tree_arguments(parser)
+    add_run_arguments(parser, each="way of pulling", kept="the repositories")
     parser.add_argument(
         "--shared-net",
         action="store_true",
         help="stay in this network namespace (bytes on lo then include any other loopback traffic)",
     )
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    args = parse_bench_args(parser, argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not args.shared_net and not os.environ.get(NETNS_ENV):
         if _can_unshare_net():
             return _in_private_netns(argv)
         print("bench: cannot unshare -n here: bytes on lo include other loopback traffic", file=sys.stderr)
-    workdir = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="bench-pull-", dir="/tmp"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_bench(workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), log=print)
-    except (BenchError, NginxError) as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with work_directory(args.keep, "bench-pull-") as workdir:
+        try:
+            result = run_bench(
+                workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), log=print
+            )
+        except (BenchError, NginxError) as e:
+            print(f"bench failed: {e}", file=sys.stderr)
+            return 1
     print()
     print(format_report(result, args.rounds))
     if result.failures:

@@ -12,6 +12,7 @@ The goal (lanshare/ostree wall time ≤ 1.5) is printed as PASS or MISS, never a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -305,29 +306,53 @@ def format_report(result: BenchResult, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--files``, ``--size``, ``--seed``: the tree a bench generates (bench/treegen.py)."""
+    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="entries in the generated tree")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes of file data in the tree")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tree generator")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, each: str, kept: str) -> None:
+    """``--rounds`` (runs of each ``each``, the median reported) and ``--keep DIR`` (keeping ``kept``)."""
+    parser.add_argument("--rounds", type=int, default=3, help=f"runs of each {each} (median)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help=f"work in DIR and keep {kept}")
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments, with ``--rounds`` (see :func:`add_run_arguments`) at least 1."""
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+@contextlib.contextmanager
+def work_directory(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep`` (made if missing, left in place), else a new directory in /tmp deleted afterwards."""
+    workdir = keep if keep else Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench and print the table; exit 1 if a tool failed or the checksums differ."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="entries in the generated tree")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes of file data in the tree")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the tree generator")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each measurement (median)")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep the tree and repos")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
-    workdir = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_bench(workdir, args.files, args.size, args.seed, args.rounds, log=print)
-    except BenchError as e:
-        print(f"bench failed: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    add_tree_arguments(parser)
+    add_run_arguments(parser, each="measurement", kept="the tree and repos")
+    args = parse_bench_args(parser, argv)
+    with work_directory(args.keep, "bench-") as workdir:
+        try:
+            result = run_bench(workdir, args.files, args.size, args.seed, args.rounds, log=print)
+        except BenchError as e:
+            print(f"bench failed: {e}", file=sys.stderr)
+            return 1
     print()
     print(format_report(result, args.rounds))
     if result.ostree_commit != result.lanshare_commit:
