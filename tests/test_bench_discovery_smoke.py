@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.bench_run import run_bench
 from tests.netns import require_namespaces
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_discovery_bench_prints_every_measure_and_goal(tmp_path: Path) -> None:
     require_namespaces()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_discovery", "--rounds", "1", "--keep", str(tmp_path)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench("bench_discovery", "--rounds", "1", "--keep", tmp_path, timeout=180)
     timing = r"\d+\.\d{3} / +\d+\.\d{3}"
     for label in ("daemon start -> B's table", "commit done -> B's table", "SIGTERM -> B forgets it"):
         assert re.search(rf"^{re.escape(label)} +{timing} +{timing} ", out, re.M), out

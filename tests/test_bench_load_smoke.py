@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_run import run_bench
 
 
 def test_load_bench_prints_its_figures_with_no_error_and_no_corrupt_object() -> None:
@@ -25,15 +22,7 @@ def test_load_bench_prints_its_figures_with_no_error_and_no_corrupt_object() -> 
         "--size",
         "800000",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_load", *argv],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench("bench_load", *argv)
     completed = re.search(r"^whole pulls completed: (\d+)$", out, re.MULTILINE)
     assert completed and int(completed.group(1)) > 0, out
     assert re.search(r"^objects verified: [1-9]\d* ", out, re.MULTILINE), out

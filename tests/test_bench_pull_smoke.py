@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from bench import bench_pull
+from tests.bench_run import run_bench
 from tests.conftest import ostree, requires_ostree
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @requires_ostree
 def test_pull_bench_prints_the_table_and_the_four_ratios(tmp_path: Path) -> None:
     argv = ["--files", "50", "--size", "500000", "--rounds", "1", "--keep", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.bench_pull", *argv],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_bench("bench_pull", *argv)
     assert "every pulled repository passed ostree fsck and holds that commit: yes" in out, out
     for _, label, _ in bench_pull.WAYS:
         assert re.search(rf"^{re.escape(label)} +\d+\.\d\d +\d+\.\d\d ", out, re.MULTILINE), out
