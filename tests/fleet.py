@@ -64,10 +64,8 @@ def publish_chain(base: Path, gpg_keys: GpgKeys) -> Chain:
 
 
 @asynccontextmanager
-async def static_origin(root: Path) -> AsyncIterator[str]:
-    """A plain HTTP server of ``root`` (an origin like a CDN) on 127.0.0.1; yields its URL."""
-    app = web.Application()
-    app.router.add_static("/", root)
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on 127.0.0.1 (a port of its own) until the block ends; yields its URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -76,6 +74,15 @@ async def static_origin(root: Path) -> AsyncIterator[str]:
         yield f"http://{host}:{port}/"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def static_origin(root: Path) -> AsyncIterator[str]:
+    """A plain HTTP server of ``root`` (an origin like a CDN) on 127.0.0.1; yields its URL."""
+    app = web.Application()
+    app.router.add_static("/", root)
+    async with serve_app(app) as url:
+        yield url
 
 
 def write_config(base: Path, keyring: Path, text: str = "") -> Path:

@@ -37,6 +37,7 @@ from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import plan_from_config
 from lanshare.server import LanLimits, create_lan_app
 from tests.conftest import build_tree
+from tests.fleet import serve_app
 from tests.lan_daemons import LanDaemon, wait_for
 from tests.netns import NetnsLan, loopback_host, netns_lan  # noqa: F401
 from tests.test_ostree_oracle import lanshare_commit
@@ -64,14 +65,8 @@ def index(tmp_path: Path) -> Iterator[Engine]:
 @asynccontextmanager
 async def lan_listener(repo: Repo, node_id: str) -> AsyncIterator[str]:
     """A real LAN listener serving ``repo`` on 127.0.0.1 (a port of its own); yields its URL."""
-    runner = web.AppRunner(create_lan_app(repo, LanLimits(), node_id))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serve_app(create_lan_app(repo, LanLimits(), node_id)) as url:
+        yield url
 
 
 def served_repo(tmp_path: Path) -> tuple[Repo, str]:
@@ -198,17 +193,11 @@ def test_garbage_info_is_ignored_and_logged_once(
     async def scenario() -> None:
         app = web.Application()
         app.router.add_get("/{prefix}/lanshare/v1/info", info)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
-            async with aiohttp.ClientSession() as session:
-                monitor = HealthMonitor(PeerTable(index), OWN, [base + p for p in bodies], interval=0.0)
-                for _ in range(3):
-                    await monitor.check_round(session)
-        finally:
-            await runner.cleanup()
+        async with serve_app(app) as url, aiohttp.ClientSession() as session:
+            peers = [url.rstrip("/") + p for p in bodies]
+            monitor = HealthMonitor(PeerTable(index), OWN, peers, interval=0.0)
+            for _ in range(3):
+                await monitor.check_round(session)
 
     with caplog.at_level(logging.DEBUG, logger="lanshare.discovery.peers"):
         asyncio.run(scenario())
