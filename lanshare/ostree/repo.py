@@ -17,6 +17,7 @@ import ctypes.util
 import fcntl
 import hashlib
 import io
+import itertools
 import os
 import re
 import shutil
@@ -49,6 +50,8 @@ _REF_RE = re.compile(r"^[\w\d][-._\w\d]*(/[\w\d][-._\w\d]*)*$", re.ASCII)
 _COLLECTION_ID_RE = re.compile(r"^[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+$", re.ASCII)
 _PARTIAL_RE = re.compile(r"^[0-9a-f]{4,63}$")
 _SUFFIX_RE = re.compile(r"^(.*?)(\^*)$")
+# Staging file names in tmp/ (itertools.count's next() is atomic under the GIL).
+_TMP_COUNTER = itertools.count()
 
 
 class RepoError(Error):
@@ -173,6 +176,16 @@ class Repo:
             raise
         if durable:
             _fsync_dir(target.parent)
+
+    def _create_tmp(self) -> tuple[int, str]:
+        """A new, empty staging file in tmp/, like mkstemp's (clean_tmp finds it) but cheaper:
+        a counter instead of random names, no Python file object (for 10⁴ small objects)."""
+        while True:
+            name = f"{os.fspath(self.tmp_dir)}/tmpobject-{os.getpid()}-{next(_TMP_COUNTER)}"
+            try:
+                return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
+            except FileExistsError:
+                continue  # left by an earlier process with this pid
 
     def sync(self) -> None:
         """Make every object written so far durable, before a ref may point at it."""
@@ -337,11 +350,15 @@ class Repo:
         actual, _ = content.checksum_filez(io.BytesIO(data), f"{expected}.filez")
         if actual != expected:
             raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="tmpobject-")
+        fd, tmp_name = self._create_tmp()
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
             if not is_checksum(expected):
                 raise ValueError(f"not a checksum: {expected!r}")
             # Plain strings: building Paths was a tenth of this method's time over 10⁴ objects.
