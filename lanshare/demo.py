@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from lanshare.fsck import fsck
 from lanshare.gvariant import Variant
 from lanshare.netns import NetnsLan, NetnsUnavailable, netns_lan_context
-from lanshare.netns_daemon import NamespaceDaemon
+from lanshare.netns_daemon import NamespaceDaemon, poll
 from lanshare.ostree.commit_tree import CommitOptions, commit_tree
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
@@ -146,14 +146,10 @@ class Narrator:
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
     """Poll ``check`` until it returns something other than None/False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
+    value = poll(check, timeout, every=0.2)
+    if value is None:
+        raise DemoFailed(f"gave up after {timeout:.0f} s waiting for {what}")
+    return value
 
 
 class Machine(NamespaceDaemon):

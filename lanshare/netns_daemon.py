@@ -14,9 +14,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
@@ -25,6 +27,23 @@ from lanshare.discovery.peers import PeerTable
 from lanshare.index.db import make_engine
 from lanshare.index.models import Peer
 from lanshare.netns import NetnsLan
+
+T = TypeVar("T")
+
+
+def poll(check: Callable[[], T | None], timeout: float, every: float) -> T | None:
+    """Call ``check`` every ``every`` s until it returns something other than None/False, and return that.
+
+    None once ``timeout`` s have passed: the caller says, its own way, what did not happen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(every)
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +19,17 @@ import pytest
 
 from lanshare.commands.peers import peer_json
 from lanshare.index.models import utcnow
-from lanshare.netns_daemon import NamespaceDaemon
+from lanshare.netns_daemon import NamespaceDaemon, poll
 
 T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0, every: float = 0.1) -> T:
     """Poll ``check`` until it returns something other than None/False; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
+    value = poll(check, timeout, every)
+    if value is None:
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    return value
 
 
 @dataclass
