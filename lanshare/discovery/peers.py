@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from lanshare import wire
 from lanshare.discovery.quiet_log import QuietLog
 from lanshare.errors import Error
-from lanshare.index.db import SQLITE_BEGIN
+from lanshare.index.db import writer
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import is_checksum
 from lanshare.pull.errors import SourceFailure
@@ -133,7 +133,7 @@ class PeerTable:
         self.engine = engine
         # Writes read first: on SQLite they must take the write lock up front, or a writer in
         # another process (a pull's recorder) can make them fail at once instead of waiting.
-        self._writer = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+        self._writer = writer(engine)
 
     def record(self, sighting: Sighting) -> None:
         """Upsert a peer that just answered: where it is, what it holds, and that it is up."""

@@ -47,6 +47,16 @@ class SchemaTooNewError(IndexDatabaseError):
     """The database carries a schema revision this lanshare does not know: a newer one wrote it."""
 
 
+def writer(engine: Engine) -> Engine:
+    """The engine for a read-then-write transaction.
+
+    On SQLite, BEGIN IMMEDIATE takes the write lock before the first read, so a concurrent writer
+    makes it wait (the busy timeout) instead of failing at once with "database is locked", which
+    a deferred transaction that read an older snapshot gets in WAL mode.
+    """
+    return engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+
+
 def script_location() -> Path:
     """The directory of the Alembic migrations shipped with this lanshare."""
     # Installed (wheel or editable), the top-level migrations/ is the package lanshare.migrations.

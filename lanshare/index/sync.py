@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from lanshare.index.db import SQLITE_BEGIN
+from lanshare.index.db import writer
 from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, Transfer, TransferState, utcnow
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
@@ -57,19 +57,13 @@ def _commit_row(info: CommitInfo, ref: str | None) -> Commit:
     )
 
 
-def _writer(engine: Engine) -> Engine:
-    """The engine for a read-then-write transaction: on SQLite it takes the write lock at BEGIN,
-    so a concurrent writer makes it wait (busy timeout) instead of failing with "locked"."""
-    return engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
-
-
 def reindex(engine: Engine, repo: Repo) -> ReindexReport:
     """Rebuild commits and refs from the repository; restore pins that only survive as pin refs."""
     report = ReindexReport()
     commits = load_commits(repo, object_sizes(repo))
     owners = _ref_of_commits(repo, commits)
     refs = repo.list_collection_refs()
-    with Session(_writer(engine)) as session, session.begin():
+    with Session(writer(engine)) as session, session.begin():
         last_used = {row[0]: row[1] for row in session.execute(select(Commit.checksum, Commit.last_used))}
         session.execute(delete(Commit))
         session.execute(delete(Ref))
@@ -124,7 +118,7 @@ def record_commits(engine: Engine, repo: Repo, commits: Iterable[str], ref: str 
     partial = repo.partial_commits()
     # Reads then writes: on SQLite take the write lock up front, or a concurrent writer makes the
     # upgrade fail at once instead of waiting.
-    with Session(_writer(engine)) as session, session.begin():
+    with Session(writer(engine)) as session, session.begin():
         for checksum in commits:
             if not repo.has_object(checksum, ObjectType.COMMIT):
                 continue
@@ -143,7 +137,7 @@ def record_commits(engine: Engine, repo: Repo, commits: Iterable[str], ref: str 
 
 def interrupt_running_transfers(engine: Engine, reason: str) -> int:
     """Close transfers left "running" by a process that died mid-pull; returns how many."""
-    with Session(_writer(engine)) as session, session.begin():
+    with Session(writer(engine)) as session, session.begin():
         result = session.execute(
             update(Transfer)
             .where(Transfer.state == TransferState.RUNNING)

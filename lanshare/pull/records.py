@@ -20,6 +20,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from lanshare.index.db import writer
 from lanshare.index.models import Lease, Peer, Transfer, TransferState, utcnow
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Recorder:
             await asyncio.to_thread(self._start, self.engine, commit, ref, source)
 
     def _start(self, engine: Engine, commit: str, ref: str | None, source: str) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             lease = Lease(commit=commit, holder=self.holder, expires_at=utcnow() + self.lease_ttl)
             transfer = Transfer(commit=commit, ref=ref, source=source[:1024], state=TransferState.RUNNING)
             session.add_all([lease, transfer])
@@ -86,7 +87,7 @@ class Recorder:
             await self._write(self._renew, self.engine, self._lease_id)
 
     def _renew(self, engine: Engine, lease_id: int) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             lease = session.get(Lease, lease_id)
             if lease is not None:
                 lease.expires_at = utcnow() + self.lease_ttl
@@ -108,7 +109,7 @@ class Recorder:
     def _progress(
         self, engine: Engine, transfer_id: int, objects_done: int, objects_total: int | None, bytes_done: int
     ) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             transfer = session.get(Transfer, transfer_id)
             if transfer is not None:
                 transfer.objects_done, transfer.objects_total = objects_done, objects_total
@@ -128,7 +129,7 @@ class Recorder:
     def _finish(
         self, engine: Engine, transfer_id: int, lease_id: int | None, source: str, error: str | None
     ) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             transfer = session.get(Transfer, transfer_id)
             if transfer is not None:
                 transfer.state = TransferState.FAILED if error else TransferState.DONE
@@ -164,7 +165,7 @@ class Recorder:
             task.add_done_callback(self._pending.discard)
 
     def _peer_failed(self, engine: Engine, key: PeerKey) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             peer = _peer_row(session, key)
             peer.failures = (peer.failures or 0) + 1
             peer.healthy = False
@@ -176,7 +177,7 @@ class Recorder:
             await self._write(self._peer_served, self.engine, key, nbytes, rate)
 
     def _peer_served(self, engine: Engine, key: PeerKey, nbytes: int, rate: float | None) -> None:
-        with Session(engine) as session, session.begin():
+        with Session(writer(engine)) as session, session.begin():
             peer = _peer_row(session, key)
             peer.bytes_in = (peer.bytes_in or 0) + nbytes
             peer.last_seen = utcnow()
