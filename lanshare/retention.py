@@ -14,6 +14,7 @@ objects reachable from no commit at all are garbage and always go.
 from __future__ import annotations
 
 import fnmatch
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class _Closures:
             return set()
         present, found, intern = self.present, set(), sys.intern
         file, dirmeta, dirtree = ObjectType.FILE, ObjectType.DIR_META, ObjectType.DIR_TREE
-        left = budget if budget is not None else -1
+        left = math.inf if budget is None else budget  # bytes the result may still add
         # Keys that stay in the result hold interned checksums: the same strings as the keys of
         # ``present`` (object_sizes interns them), not one more copy per marked object.
         key = (root[1], dirmeta)
@@ -162,7 +163,7 @@ class _Closures:
             left -= present[key]
         stack = [root[0]]
         while stack:
-            if budget is not None and left < 0:
+            if left < 0:
                 return None
             tree = stack.pop()
             key = (tree, dirtree)
@@ -182,7 +183,7 @@ class _Closures:
                     found.add((intern(checksum), dirmeta))
                     left -= present[key]
             stack.extend(subtrees)
-        return None if budget is not None and left < 0 else found
+        return None if left < 0 else found
 
     def fully_marked(self, commit: str, marked: set[ObjectKey]) -> bool:
         """Whether every present object of the commit's closure is in ``marked``."""
