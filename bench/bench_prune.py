@@ -40,8 +40,8 @@ from pathlib import Path
 
 from bench.bench_repo import (
     GNU_TIME,
-    PROJECT_ROOT,
     BenchError,
+    Commands,
     Run,
     add_run_arguments,
     parse_bench_args,
@@ -135,19 +135,8 @@ def _bytes(repo: Path) -> int:
     )
 
 
-class Tools:
+class Tools(Commands):
     """Command lines of both tools."""
-
-    def __init__(self) -> None:
-        ostree = shutil.which("ostree")
-        if ostree is None:
-            raise BenchError("the ostree CLI is not installed (apt-get install ostree)")
-        self.ostree = ostree
-        # No LANSHARE_* setting of the caller may change what the timed lanshare does.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LANSHARE_")}
-        pythonpath = self.env.get("PYTHONPATH")
-        self.env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
-        self.lanshare = [sys.executable, "-m", "lanshare.cli"]
 
     def ostree_prune(self, repo: Path, *extra: str) -> Run:
         """Time ``ostree prune --refs-only`` (default depth -1)."""

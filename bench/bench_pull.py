@@ -46,6 +46,7 @@ from bench.bench_repo import (
     PROJECT_ROOT,
     TIMESTAMP,
     BenchError,
+    Commands,
     Run,
     _read_all,
     add_run_arguments,
@@ -231,21 +232,13 @@ class BenchResult:
     failures: list[str] = field(default_factory=list)
 
 
-class Tools:
+class Tools(Commands):
     """Command lines of both clients."""
 
     def __init__(self) -> None:
-        ostree = shutil.which("ostree")
-        if ostree is None:
-            raise BenchError("the ostree CLI is not installed (apt-get install ostree)")
+        super().__init__()
         if shutil.which("gpg") is None:
             raise BenchError("gpg is not installed (apt-get install gnupg)")
-        self.ostree = ostree
-        # No LANSHARE_* setting of the caller may change what the timed lanshare does.
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LANSHARE_")}
-        pythonpath = self.env.get("PYTHONPATH")
-        self.env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
-        self.lanshare = [sys.executable, "-m", "lanshare.cli"]
 
     def ostree_cmd(self, *args: str | Path) -> str:
         """Run an untimed ostree command; its stdout."""

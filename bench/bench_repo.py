@@ -118,18 +118,23 @@ def run_timed(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> R
     return Run(wall, usage.ru_utime + usage.ru_stime, maxrss, stdout)
 
 
-class Tools:
-    """Command lines of both tools, run the same way on the same inputs."""
+class Commands:
+    """The ``ostree`` CLI and this checkout's ``lanshare``, with the environment to run it in."""
 
     def __init__(self) -> None:
         ostree = shutil.which("ostree")
         if ostree is None:
             raise BenchError("the ostree CLI is not installed (apt-get install ostree)")
         self.ostree = ostree
-        pythonpath = os.environ.get("PYTHONPATH")
-        self.env = dict(os.environ)
+        # No LANSHARE_* setting of the caller may change what the timed lanshare does.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LANSHARE_")}
+        pythonpath = self.env.get("PYTHONPATH")
         self.env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
         self.lanshare = [sys.executable, "-m", "lanshare.cli"]
+
+
+class Tools(Commands):
+    """Command lines of both tools, run the same way on the same inputs."""
 
     def ostree_init(self, repo: Path) -> None:
         """Create an empty archive repository for ``ostree commit`` (not timed)."""
