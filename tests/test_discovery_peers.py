@@ -446,3 +446,35 @@ def test_the_discovery_switch_chooses_the_peer_table_or_static_peers_alone(tmp_p
     (lan,) = plan_from_config(load_config(config))
     assert isinstance(lan, StaticPeers)
     assert [s.url for s in lan.peer_specs()] == ["http://192.0.2.7:8089"]
+
+
+def test_a_flood_of_adverts_waits_its_turn_and_never_crowds_out_an_honest_one() -> None:
+    # The resolution itself is replaced by a gate (what it does is covered by the LAN tests above):
+    # this checks only the browser's bookkeeping when adverts outnumber the resolve slots.
+    from zeroconf import ServiceStateChange
+
+    from lanshare.discovery import browse
+    from lanshare.discovery.advertise import LANSHARE_SERVICE
+
+    resolved: list[str] = []
+
+    async def scenario() -> None:
+        gate = asyncio.Event()
+        browser = browse.PeerBrowser(None, None, None, "me", None)  # type: ignore[arg-type]
+
+        async def resolve(name: str) -> None:
+            await gate.wait()
+            resolved.append(name)
+
+        browser._resolve = resolve  # type: ignore[method-assign]
+        names = [f"fake{i}._lanshare._tcp.local." for i in range(browse.MAX_RESOLVING + 100)]
+        for name in [*names, "honest._lanshare._tcp.local."]:
+            browser._on_change(None, LANSHARE_SERVICE, name, ServiceStateChange.Added)  # type: ignore[arg-type]
+        assert len(browser._busy) == browse.MAX_RESOLVING  # bounded work at once
+        gate.set()
+        while browser._tasks:
+            await asyncio.gather(*list(browser._tasks))
+
+    asyncio.run(scenario())
+    assert "honest._lanshare._tcp.local." in resolved
+    assert len(resolved) == browse.MAX_RESOLVING + 101

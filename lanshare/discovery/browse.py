@@ -35,8 +35,12 @@ _quiet = QuietLog(log)
 RESOLVE_TIMEOUT_MS = 3000
 # An advert whose addresses do not answer is tried again after this, doubling up to the maximum.
 RETRY_DELAY, MAX_RETRY_DELAY = 5.0, 300.0
-# At most this many adverts are followed at once: a flood of names must not grow memory and tasks.
-MAX_SERVICES = 512
+# At most this many adverts are resolved at once; the others wait their turn in arrival order.
+# A flood of forged names costs a queue entry each, never a task, and cannot crowd out an honest
+# advert for good (refusing names beyond a cap let forged ones take every place, for ever).
+MAX_RESOLVING = 512
+# Names waiting beyond this are dropped (with a warning): the bound on a flood's memory.
+MAX_WAITING = 8192
 
 
 def usable_addresses(info: AsyncServiceInfo) -> list[str]:
@@ -78,6 +82,7 @@ class PeerBrowser:
         self._digests: dict[str, str] = {}  # node id -> holdings digest last fetched
         self._retry: dict[str, float] = {}  # service name -> current retry delay
         self._retry_waiting: set[str] = set()  # names with a retry already scheduled
+        self._queued: dict[str, None] = {}  # names waiting for a resolve slot, oldest first
 
     async def start(self) -> None:
         """Start browsing (the browser calls back on the event loop)."""
@@ -102,19 +107,27 @@ class PeerBrowser:
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if state_change is ServiceStateChange.Removed:
+            self._queued.pop(name, None)
             self._spawn(self._removed(name))
-        elif name not in (tracked := self._tracked()) and len(tracked) >= MAX_SERVICES:
-            _quiet.warning(
-                "too many", "more than %d adverts of %s: ignoring %r", MAX_SERVICES, LANSHARE_SERVICE, name
-            )
         elif name in self._busy:
             self._busy[name] = True  # changed while being resolved: once more when done
+        elif len(self._busy) < MAX_RESOLVING:
+            self._queued.pop(name, None)
+            self._start_resolving(name)
+        elif name in self._queued or len(self._queued) < MAX_WAITING:
+            self._queued[name] = None
         else:
-            self._busy[name] = False
-            self._spawn(self._resolve_loop(name))
+            _quiet.warning(
+                "too many",
+                "more than %d adverts of %s waiting: ignoring %r",
+                MAX_WAITING,
+                LANSHARE_SERVICE,
+                name,
+            )
 
-    def _tracked(self) -> set[str]:
-        return set(self._nodes) | set(self._retry) | set(self._busy)
+    def _start_resolving(self, name: str) -> None:
+        self._busy[name] = False
+        self._spawn(self._resolve_loop(name))
 
     async def _removed(self, name: str) -> None:
         node_id = self._nodes.pop(name, None)
@@ -137,6 +150,10 @@ class PeerBrowser:
             _quiet.warning(f"error {name}", "advert %r could not be handled: %r", name, e)
         finally:
             self._busy.pop(name, None)
+            while self._queued and len(self._busy) < MAX_RESOLVING:
+                waiting = next(iter(self._queued))
+                del self._queued[waiting]
+                self._start_resolving(waiting)
 
     async def _resolve(self, name: str) -> None:
         """Resolve one advert and record the peer, or schedule another try if it does not answer."""
