@@ -7,12 +7,18 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lanshare.cli import main as lanshare_main
+from lanshare.discovery.mdns_guard import GUARD_ENV, check_mdns_binding
 
 pytest_plugins = ["tests.gpg_fixtures"]
+
+# No test may speak mDNS on the machine's real interfaces.  Every process the suite starts inherits
+# this, and lanshare's zeroconf start refuses to bind a real interface in the host's namespace.
+os.environ[GUARD_ENV] = "1"
 
 OSTREE = shutil.which("ostree")
 requires_ostree = pytest.mark.skipif(OSTREE is None, reason="the ostree CLI is not installed")
@@ -88,3 +94,17 @@ def ostree_commit(repo: Path, branch: str, tree: Path, *extra: str) -> str:
         str(tree),
     )
     return out.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def _no_mdns_on_real_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's own zeroconf instance in the host namespace may bind loopback only (see GUARD_ENV)."""
+    import zeroconf
+
+    original = zeroconf.Zeroconf.__init__
+
+    def guarded(self: zeroconf.Zeroconf, *args: Any, **kwargs: Any) -> None:
+        check_mdns_binding(kwargs.get("interfaces", args[0] if args else zeroconf.InterfaceChoice.All))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(zeroconf.Zeroconf, "__init__", guarded)

@@ -262,7 +262,7 @@ def test_a_second_daemon_on_a_taken_port_fails_with_one_line(
 @pytest.mark.asyncio
 async def test_daemon_on_port_0_writes_its_address_and_keeps_its_node_id(tmp_path: Path) -> None:
     config_file = tmp_path / "lanshare.toml"
-    config_file.write_text('[sharing]\nlisten = "127.0.0.1:0"\n')
+    config_file.write_text('[sharing]\nlisten = "127.0.0.1:0"\nadvertise = false\ndiscovery = false\n')
     config = load_config(config_file, {"LANSHARE_STATE_DIR": str(tmp_path / "state")})
     node_ids = []
     for _ in range(2):

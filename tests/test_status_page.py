@@ -525,7 +525,10 @@ def test_a_long_history_is_trimmed_with_the_gap_marked() -> None:
 def test_a_taken_status_port_stops_the_daemon_with_one_line(fleet: Fleet, tmp_path: Path) -> None:
     taken = urlsplit(fleet.status).port
     config = tmp_path / "lanshare.toml"
-    config.write_text(f'[sharing]\nlisten = "127.0.0.1:0"\n[status]\nlisten = "127.0.0.1:{taken}"\n')
+    config.write_text(
+        '[sharing]\nlisten = "127.0.0.1:0"\nadvertise = false\ndiscovery = false\n'
+        f'[status]\nlisten = "127.0.0.1:{taken}"\n'
+    )
     result = subprocess.run(
         [sys.executable, "-m", "lanshare.cli", "serve", "--config", str(config)],
         cwd=SOURCE_ROOT, env={**os.environ, "LANSHARE_STATE_DIR": str(tmp_path / "state")},

@@ -30,6 +30,7 @@ from zeroconf import InterfaceChoice, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from lanshare.discovery.bloom import bloom_parameters, build_bloom
+from lanshare.discovery.mdns_guard import HostMdnsForbidden, check_mdns_binding
 from lanshare.discovery.txt import (
     MAX_OSTREE_BLOOM_BYTES,
     LanshareTxt,
@@ -293,6 +294,7 @@ class Advertiser:
         binding = await asyncio.to_thread(self.resolve)
         if binding.advertised == self.addresses:
             return False
+        check_mdns_binding(binding.bind)
         async with self._lock:
             old, self.addresses = self.addresses, binding.advertised
             if self._infos:
@@ -351,10 +353,11 @@ async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
     listen = app[daemon.LAN_ADDRESS]
     try:
         binding = await asyncio.to_thread(resolve_interfaces, config.interfaces, listen.host)
+        check_mdns_binding(binding.bind)
         aiozc = AsyncZeroconf(interfaces=binding.bind, ip_version=IPVersion.V4Only)
     except OSError as e:
         raise daemon.DaemonError(f"cannot start mDNS ([sharing] interfaces): {e.strerror or e}") from e
-    except AdvertError as e:
+    except (AdvertError, HostMdnsForbidden) as e:
         raise daemon.DaemonError(str(e)) from e
     app[ZEROCONF] = aiozc
     advertiser: Advertiser | None = None

@@ -1,0 +1,43 @@
+"""The suite's guard: nothing a test starts in the machine's own network namespace speaks mDNS there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from zeroconf import InterfaceChoice, Zeroconf
+
+from lanshare.discovery.mdns_guard import GUARD_ENV, HostMdnsForbidden, in_host_network_namespace
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    not in_host_network_namespace(), reason="the guard only acts in the machine's own namespace"
+)
+
+
+def test_the_suite_sets_the_guard_for_every_process_it_starts() -> None:
+    assert os.environ[GUARD_ENV] == "1"
+
+
+def test_a_daemon_with_default_mdns_in_the_host_namespace_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "lanshare.toml"
+    config.write_text('[sharing]\nlisten = "127.0.0.1:0"\n[status]\nlisten = "127.0.0.1:0"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "lanshare.cli", "serve", "--config", str(config)],
+        cwd=SOURCE_ROOT, env={**os.environ, "LANSHARE_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lanshare: error: mDNS on") and "advertise = false" in last, last
+
+
+@pytest.mark.parametrize("interfaces", [InterfaceChoice.All, ["127.0.0.1", "0.0.0.0"]])
+def test_a_tests_own_zeroconf_on_real_interfaces_fails(interfaces: object) -> None:
+    with pytest.raises(HostMdnsForbidden):
+        Zeroconf(interfaces=interfaces)  # type: ignore[arg-type]
