@@ -215,7 +215,7 @@ class Background:
         except SQLAlchemyError as e:
             log.warning("cannot record the pulled commits in the index: %s", e)
         try:
-            refresh_summary(self.repo)
+            refresh_summary(self.repo, regenerate=self.config.repo.regenerate_summary)
         except Error as e:
             log.error("cannot regenerate the summary: %s", e)
         try:

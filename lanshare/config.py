@@ -563,6 +563,8 @@ class RepoConfig:
 
     path: Path = field(metadata=_spec(_absolute_path))  # default: <state_dir>/repo
     collection_id: str | None = field(default=None, metadata=_spec(_optional(_collection_id)))
+    # Rewrite a publisher's signed or indexed summary when it is out of date (it loses the signature).
+    regenerate_summary: bool = field(default=False, metadata=_spec(_boolean, _env_bool))
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ async def _repo(app: web.Application) -> AsyncIterator[None]:
     def open_repo() -> Repo:
         repo = Repo.init(config.path, config.collection_id)
         try:
-            if refresh_summary(repo):
+            if refresh_summary(repo, regenerate=config.regenerate_summary):
                 log.info("summary regenerated: refs changed since it was written")
         except Error as e:
             # Serving objects does not need a summary; a stock `ostree pull` of a named ref may.

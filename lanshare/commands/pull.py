@@ -81,7 +81,7 @@ def run_pull(args: argparse.Namespace) -> int:
         print_json({"target": args.target, "ref": args.ref, "error": str(e)})
         return EXIT_FAILURE
     if not result.up_to_date:
-        refresh_summary(repo)
+        refresh_summary(repo, regenerate=config.repo.regenerate_summary)
         if index is not None:
             sync.record_commits(index, repo, [result.commit], result.ref)
     _warnings(result)

@@ -34,6 +34,7 @@ from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, Sou
 from lanshare.pull.http import Timeouts
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
+from lanshare.pull.upstream import keep_upstream_summary
 from lanshare.pull.verify import TrustPolicy, VerifiedCommit, check_not_older, verify_commit
 from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
 
@@ -184,6 +185,8 @@ class _Pull:
                 if not up_to_date:
                     await self._transaction(chosen, ref)
                 await self._credit_peers(time.monotonic() - started)
+                # Keep the source's summary set, to serve it on byte for byte (DESIGN §5c).
+                await keep_upstream_summary(self.repo, self.sources, ref, chosen.checksum)
             except (OSError, LocalWriteError) as e:
                 raise self._storage_error(e) from None
             finally:

@@ -1,8 +1,9 @@
 """The OSTree archive layout over HTTP: a whitelist of repository paths, opened without following links.
 
-A request path is matched against the names libostree fetches (``config``, ``summary``, objects,
-refs, static deltas) *before* any path is built, so ``..``, NUL, backslashes, ``tmp/``, ``state/``
-and everything else never reach the filesystem.  The file is then opened component by component
+A request path is matched against the names libostree and Flatpak fetch (``config``, ``summary``,
+``summary.idx``, their signatures, ``summaries/…``, objects, refs, static deltas) *before* any
+path is built, so ``..``, NUL, backslashes, ``tmp/``, ``state/``, ``lanshare-upstream/`` and
+everything else never reach the filesystem.  The file is then opened component by component
 under the repository directory with ``O_NOFOLLOW``, so a symlink planted in the repository cannot
 lead outside it either.
 """
@@ -37,7 +38,11 @@ _DELTA_RE = re.compile(
     rf"deltas/{_B64}{{2}}/{_B64}{{41}}(?:-{_B64}{{43}})?/(?:superblock|[0-9]{{1,6}})", re.ASCII
 )
 _DELTA_INDEX_RE = re.compile(rf"delta-indexes/{_B64}{{2}}/{_B64}{{41}}\.index", re.ASCII)
-_TOP_FILES = frozenset({"config", "summary", "summary.sig"})
+_TOP_FILES = frozenset({"config", "summary", "summary.sig", "summary.idx", "summary.idx.sig"})
+# Flatpak's indexed summaries: sub-summaries named by the SHA-256 of their content, deltas
+# between two of them, and the signatures of earlier summary.idx versions.
+_SUBSUMMARY_RE = re.compile(r"summaries/[0-9a-f]{64}\.gz", re.ASCII)
+_SUMMARIES_RE = re.compile(r"summaries/[0-9a-f]{64}(?:-[0-9a-f]{64}\.delta|\.idx\.sig)", re.ASCII)
 _MAX_PATH = 1024
 SMALL_FILE = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
@@ -84,6 +89,10 @@ def archive_file(path: str) -> ArchiveFile | None:
         return ArchiveFile(tuple(path.split("/")), REVALIDATE if mutable else IMMUTABLE)
     if _DELTA_RE.fullmatch(path) or _DELTA_INDEX_RE.fullmatch(path):
         # A delta regenerated with other options has other bytes under the same name.
+        return ArchiveFile(tuple(path.split("/")), REVALIDATE)
+    if _SUBSUMMARY_RE.fullmatch(path):
+        return ArchiveFile(tuple(path.split("/")), IMMUTABLE)
+    if _SUMMARIES_RE.fullmatch(path):
         return ArchiveFile(tuple(path.split("/")), REVALIDATE)
     if path.startswith("refs/"):
         return _ref_file(path)

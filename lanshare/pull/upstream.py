@@ -1,0 +1,49 @@
+"""After a pull: keep the source's summary set (:mod:`lanshare.ostree.upstream_summary`).
+
+The set is taken from the first usable source whose summary lists the pulled ref at the commit
+just verified and stored, so a set is never kept from a source that disagrees with what was
+pulled.  A failure here never fails the pull: the repository then serves its own summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from lanshare.errors import Error
+from lanshare.ostree import upstream_summary
+from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import refresh_summary
+from lanshare.pull.errors import SourceFailure
+from lanshare.pull.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+async def keep_upstream_summary(repo: Repo, sources: Sequence[Source], ref: str | None, commit: str) -> bool:
+    """Fetch and keep a source's summary set; True if a new set was kept (and the summary refreshed)."""
+    if ref is None:
+        return False
+    known = {s.source: s for s in await asyncio.to_thread(upstream_summary.load_sets, repo)}
+    for source in sources:
+        if not source.usable:
+            continue
+        try:
+            found = await upstream_summary.fetch_set(source.fetch_file, source.url, known.get(source.url))
+        except (SourceFailure, Error) as e:
+            log.info("%s: its summary is not kept: %s", source.name, e)
+            continue
+        if found is None or not any(
+            r.name == ref and r.checksum == commit for _, r in upstream_summary.listed_refs(found)
+        ):
+            continue
+        try:
+            if not await asyncio.to_thread(upstream_summary.save, repo, found):
+                return False
+            await asyncio.to_thread(refresh_summary, repo)
+        except (Error, OSError) as e:
+            log.warning("cannot keep the summary of %s: %s", source.name, e)
+            return False
+        return True
+    return False
