@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,7 @@ def _files(repo: Path) -> dict[str, bytes]:
     return found
 
 
-def _serve_http(root: Path) -> Iterator[str]:
+def _serve_http(root: Path) -> Generator[str, None, None]:
     """A plain HTTP origin (Python's http.server) of ``root`` in a thread."""
     handler = functools.partial(_QuietHandler, directory=str(root))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
