@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from lanshare.gvariant import encode
+from lanshare.ostree import flatpak_cache
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.summary import parse_summary
 from tests.conftest import lanshare, ostree
@@ -317,3 +318,14 @@ def test_serve_leaves_a_publishers_signed_out_of_date_summary_byte_identical(
     finally:
         node.stop()
     assert _files(repo) == before
+
+
+def test_rebuilt_flatpak_caches_equal_build_update_repos_byte_for_byte(signed: Publisher) -> None:
+    # Every ref, appstream included (its sizes are summed over the tree, not read from the commit).
+    theirs = parse_summary((signed.repo / "summary").read_bytes())
+    refs = {r.name: r.checksum for r in theirs.refs}
+    assert sorted(refs) == sorted(REFS)
+    ours = flatpak_cache.build_caches(Repo.open(signed.repo), refs, {})
+    assert ours.keys() == {"xa.cache", "xa.sparse-cache", "xa.cache-version"}
+    for key, value in ours.items():
+        assert encode("v", value) == encode("v", theirs.extra_metadata[key]), key
