@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -314,7 +315,12 @@ def test_serve_leaves_a_publishers_signed_out_of_date_summary_byte_identical(
         node.start()
         for name in SUMMARY_FILES:
             assert _get(node.url + name) == before[name]
-        assert "summary" in node.log() and "out of date" in node.log()
+        assert "signed summary" in node.log() and "out of date" in node.log()
+        # The status page says so too (JSON and HTML).
+        status = f"http://{(node.base / 'state' / 'status-address').read_text().strip()}/"
+        warning = json.loads(_get(status + "api/v1/status"))["repo"]["summary_warning"]
+        assert "out of date" in warning and APP in warning
+        assert "Summary out of date" in _get(status).decode()
     finally:
         node.stop()
     assert _files(repo) == before

@@ -39,6 +39,7 @@ from lanshare.config import Config
 from lanshare.errors import Error
 from lanshare.index.db import make_engine
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo_summary import summary_state
 from lanshare.server.limits import PeerStats
 from lanshare.status.model import (
     SCHEMA_VERSION,
@@ -223,6 +224,8 @@ class StatusCollector:
             "chain": self._chain,
             "pins": pins(src.config, src.index),
             "index": index_part(src.index, src.served()),
+            # A publisher's signed summary served although out of date (repo_summary.refresh_summary).
+            "summary_warning": summary_state(src.repo).get("warning"),
         }
 
     async def _retention_for(self, key: object) -> None:
@@ -279,7 +282,11 @@ class StatusCollector:
             "node_id": src.node_id,
             "version": __version__,
             "listeners": {"lan": src.lan_address(), "status": src.status_address()},
-            "repo": {"path": str(src.repo.path), "collection_id": src.repo.collection_id},
+            "repo": {
+                "path": str(src.repo.path),
+                "collection_id": src.repo.collection_id,
+                "summary_warning": fast["summary_warning"],
+            },
             "deployed": {
                 **fast["deployed"],
                 "ref": chain["path"]["ref"] if chain["path"] else fast["deployed"]["ref"],

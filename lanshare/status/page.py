@@ -297,6 +297,8 @@ def render_page(status: dict[str, Any]) -> str:
         ("saved", "Bytes saved", _savings(status)),
         ("recent-errors", "Recent warnings and errors", _errors(status)),
     ]
+    if warning := status["repo"].get("summary_warning"):
+        sections.insert(0, ("summary-warning", "Summary out of date", f"<p>{escape(warning)}</p>"))
     body = "".join(
         f'<section id="{key}"><h2>{escape(title)}</h2>{html}</section>' for key, title, html in sections
     )
