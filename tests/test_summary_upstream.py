@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from lanshare import gvariant
+from lanshare.config import load_config
 from lanshare.gvariant import Variant
 from lanshare.ostree import upstream_summary
 from lanshare.ostree.objects import ObjectType
-from lanshare.ostree.repo import Repo
+from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.ostree.repo_summary import refresh_summary, summary_state
 from lanshare.ostree.summary import SummaryRef, build_summary, parse_summary
 from lanshare.ostree.upstream_summary import SummarySet, UpstreamError
@@ -161,3 +162,13 @@ def test_a_subsummary_that_does_not_match_its_name_is_refused() -> None:
 
     with pytest.raises(UpstreamError):
         asyncio.run(upstream_summary.fetch_set(fetch, "http://origin.invalid/"))
+
+
+def test_flatpak_refs_are_refs_to_follow_and_pull(tmp_path: Path) -> None:
+    refs = ["app/org.example.App/x86_64/stable", "runtime/org.example.Platform/x86_64/1"]
+    refs += ["appstream/x86_64", "appstream2/x86_64"]
+    path = tmp_path / "lanshare.toml"
+    path.write_text(f"[origin]\nrefs = {refs!r}\n".replace("'", '"'))
+    assert list(load_config(path, {"LANSHARE_STATE_DIR": str(tmp_path)}).origin.refs) == refs
+    for ref in refs:
+        assert validate_ref(ref) == ref

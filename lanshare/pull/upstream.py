@@ -25,7 +25,9 @@ async def keep_upstream_summary(repo: Repo, sources: Sequence[Source], ref: str 
     """Fetch and keep a source's summary set; True if a new set was kept (and the summary refreshed)."""
     if ref is None:
         return False
-    known = {s.source: s for s in await asyncio.to_thread(upstream_summary.load_sets, repo)}
+    stored = await asyncio.to_thread(upstream_summary.load_sets, repo)
+    known = {s.source: s for s in stored}
+    by_key = {s.key: s for s in stored}
     for source in sources:
         if not source.usable:
             continue
@@ -38,6 +40,9 @@ async def keep_upstream_summary(repo: Repo, sources: Sequence[Source], ref: str 
             r.name == ref and r.checksum == commit for _, r in upstream_summary.listed_refs(found)
         ):
             continue
+        kept = by_key.get(found.key)
+        if kept is not None and kept.signed and not found.signed:
+            continue  # a peer's own (unsigned) summary never replaces a publisher's signed set
         try:
             if not await asyncio.to_thread(upstream_summary.save, repo, found):
                 return False
