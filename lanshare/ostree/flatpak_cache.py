@@ -10,7 +10,8 @@ Flatpak cache available").  Flatpak 1.14's ``build-update-repo`` writes, for eve
   writes them); otherwise (appstream commits) they are summed over the tree: every regular file
   rounded up to 512 bytes installed, every content object's stored size downloaded.
 - ``xa.sparse-cache``: ``a{sa{sv}}`` — only refs whose commit carries end-of-life data, with
-  ``eol`` / ``eolr`` (``ostree.endoflife`` / ``ostree.endoflife-rebase``).
+  ``eol`` / ``eolr`` (``ostree.endoflife`` / ``ostree.endoflife-rebase``).  Other sparse fields
+  (token types, extra-data sizes) are not rebuilt.
 - ``xa.cache-version``: ``u`` 2.
 """
 
@@ -25,6 +26,7 @@ from lanshare.gvariant import Variant, swap64
 from lanshare.ostree import content
 from lanshare.ostree.objects import Commit, ObjectType
 from lanshare.ostree.repo import Repo
+from lanshare.ostree.summary import glib_dict_order
 
 CACHE_KEY = "xa.cache"
 SPARSE_CACHE_KEY = "xa.sparse-cache"
@@ -93,7 +95,8 @@ def sparse_entry(commit: Commit) -> dict[str, Variant]:
         value = _meta_value(commit, key, "s")
         if isinstance(value, str):
             entry[short] = Variant("s", value)
-    return entry
+    # Flatpak fills it through a GVariantDict: GLib's hash-table order on disk.
+    return {key: entry[key] for key in glib_dict_order(entry)}
 
 
 def build_caches(repo: Repo, refs: Mapping[str, str], upstream: Mapping[str, Variant]) -> dict[str, Variant]:
