@@ -172,3 +172,29 @@ def test_flatpak_refs_are_refs_to_follow_and_pull(tmp_path: Path) -> None:
     assert list(load_config(path, {"LANSHARE_STATE_DIR": str(tmp_path)}).origin.refs) == refs
     for ref in refs:
         assert validate_ref(ref) == ref
+
+
+def test_an_unsigned_set_is_served_only_when_it_lists_every_ref_held(tmp_path: Path) -> None:
+    origin = tmp_path / "origin"
+    stable = _commit(origin, build_tree(tmp_path / "tree"))
+    extra = {"xa.title": Variant("s", "Origin")}
+    repo = Repo.open(origin)
+    entry = SummaryRef("os/stable", stable, len(repo.read_metadata_bytes(stable, ObjectType.COMMIT)))
+    (origin / "summary").write_bytes(build_summary([entry], extra_metadata=extra))
+    upstream = _set_of(origin, "http://origin.invalid/")
+    assert not upstream.signed
+
+    cache_path = tmp_path / "cache"
+    cache = Repo.init(cache_path)
+    shutil.copytree(origin / "objects", cache_path / "objects", dirs_exist_ok=True)
+    cache.write_ref("os/stable", stable)
+    upstream_summary.save(cache, upstream)
+    refresh_summary(cache)
+    assert _top(cache_path) == _top(origin)
+    # A ref from elsewhere: stock `ostree pull` only finds refs the summary lists, so the cache
+    # now serves its own summary, with the upstream's additional metadata.
+    cache.write_ref("os/local", stable)
+    assert refresh_summary(cache)
+    served = parse_summary((cache_path / "summary").read_bytes())
+    assert [r.name for r in served.refs] == ["os/local", "os/stable"]
+    assert served.extra_metadata == extra

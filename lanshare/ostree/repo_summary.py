@@ -242,7 +242,9 @@ def refresh_summary(repo: Repo, *, regenerate: bool = False) -> bool:
             log.warning("%s", warning)
         _write_json(repo, STATE_FILE, {"served": "publisher", "warning": warning})
         return False
-    chosen = upstream_summary.servable(repo, upstream_summary.load_sets(repo))
+    main, others = summary_refs(repo)
+    held = {r.name for r in main} | {r.name for refs in others.values() for r in refs}
+    chosen = upstream_summary.servable(repo, upstream_summary.load_sets(repo), held)
     if chosen is not None:
         changed = any(top.get(n) != chosen.files.get(n) for n in TOP_FILES)
         if changed:

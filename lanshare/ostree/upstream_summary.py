@@ -257,12 +257,20 @@ def missing_refs(repo: Repo, summary_set: SummarySet) -> list[str]:
     return sorted(set(missing))
 
 
-def servable(repo: Repo, sets: list[SummarySet]) -> SummarySet | None:
-    """The set to serve as is: one whose every ref is held, the repo's own collection first."""
+def servable(repo: Repo, sets: list[SummarySet], held: set[str]) -> SummarySet | None:
+    """The set to serve as is: one whose every ref is held, the repo's own collection first.
+
+    ``held``: the public refs this repository holds.  Stock ``ostree pull`` does not look past the
+    summary for a ref ("No such branch in repository summary"), so an unsigned set is served only
+    when it lists every one of them; a signed set is served anyway, since verifying clients
+    accept nothing else.
+    """
     ordered = sorted(sets, key=lambda s: s.key != repo.collection_id)
     for summary_set in ordered:
         try:
-            if not missing_refs(repo, summary_set):
+            if missing_refs(repo, summary_set):
+                continue
+            if summary_set.signed or held <= {r.name for _, r in listed_refs(summary_set)}:
                 return summary_set
         except (Error, OSError) as e:
             log.warning("upstream summary %s: not served: %s", summary_set.key, e)

@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import aiohttp
+
 from lanshare.errors import Error
 from lanshare.ostree import upstream_summary
 from lanshare.ostree.repo import Repo
@@ -33,7 +35,7 @@ async def keep_upstream_summary(repo: Repo, sources: Sequence[Source], ref: str 
             continue
         try:
             found = await upstream_summary.fetch_set(source.fetch_file, source.url, known.get(source.url))
-        except (SourceFailure, Error) as e:
+        except (SourceFailure, Error, aiohttp.ClientError, TimeoutError) as e:
             log.info("%s: its summary is not kept: %s", source.name, e)
             continue
         if found is None or not any(
