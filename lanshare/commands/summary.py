@@ -7,7 +7,7 @@ import argparse
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
 from lanshare.ostree import signing
-from lanshare.ostree.repo_summary import regenerate_summary
+from lanshare.ostree.repo_summary import regenerate_summary, summary_state
 from lanshare.ostree.summary import Summary, SummaryRef, parse_summary
 
 
@@ -41,10 +41,18 @@ def run_summary(args: argparse.Namespace) -> int:
             print(f"lanshare: {repo.path} has no summary (use --update)")
             return EXIT_FAILURE
     summary = parse_summary(data)
+    # upstream (a source's set, byte for byte), own, or publisher (signed, left as it is)
+    state = summary_state(repo)
     if args.json:
-        print_json(_to_json(summary))
+        print_json({**_to_json(summary), "served": state.get("served"), "warning": state.get("warning")})
         return EXIT_OK
     print(f"collection id: {summary.collection_id or '-'}")
+    if state.get("served"):
+        print(
+            f"served: {state['served']}" + (" (summary.sig)" if (repo.path / "summary.sig").exists() else "")
+        )
+    if state.get("warning"):
+        print(f"warning: {state['warning']}")
     for ref in summary.refs:
         print(f"  {ref.name:<30} {ref.checksum}  {ref.version or ''}")
     for collection_id, entries in summary.collection_map.items():
