@@ -67,10 +67,12 @@ def _current(repo: Repo) -> Summary | None:
 
 
 def carried_metadata(repo: Repo) -> dict[str, Variant]:
-    """Additional metadata to keep: the current summary's, then the upstream sets' (which win)."""
+    """Additional metadata to keep: the current summary's, the upstream sets', the repo config's
+    ``[flatpak]`` section (later ones win)."""
     carried: dict[str, Variant] = {}
-    sources = [s.summary for s in upstream_summary.load_sets(repo) if s.key != repo.collection_id]
-    sources += [s.summary for s in upstream_summary.load_sets(repo) if s.key == repo.collection_id]
+    sets = upstream_summary.load_sets(repo)
+    # The repo's own collection last: its keys win over those of other remotes.
+    sources = [s.summary for s in sorted(sets, key=lambda s: s.key == repo.collection_id)]
     current = _current(repo)
     for summary in [current, *sources] if current is not None else sources:
         carried.update(flatpak_cache.carried_metadata(summary.extra_metadata))

@@ -43,6 +43,8 @@ TOP_FILES = ("summary", "summary.sig", "summary.idx", "summary.idx.sig")
 INDEX_SIGNATURE = "(a{s(ayaaya{sv})}a{sv})"
 # A sub-summary is gzip-compressed; this bounds what one may inflate to.
 MAX_SUBSUMMARY = 256 * 1024 * 1024
+# Flatpak makes one subset per architecture (and flavour); more than this is not a real remote.
+MAX_SUBSETS = 256
 _KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}", re.ASCII)
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
@@ -99,6 +101,8 @@ def index_digests(index: bytes) -> list[str]:
         subsets, _ = gvariant.decode(INDEX_SIGNATURE, index)
     except GVariantError as e:
         raise UpstreamError(f"summary.idx is not a summary index ({e})") from None
+    if len(subsets) > MAX_SUBSETS:
+        raise UpstreamError(f"summary.idx lists {len(subsets)} subsets (at most {MAX_SUBSETS} are fetched)")
     digests = []
     for name, (digest, _history, _metadata) in subsets.items():
         if len(digest) != 32:
