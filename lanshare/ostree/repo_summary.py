@@ -149,9 +149,13 @@ def _read_json(path: Path) -> dict[str, object]:
 
 
 def _write_json(repo: Repo, name: str, value: dict[str, object]) -> None:
+    # Bookkeeping only: a repository lanshare may not write to is still served.
     directory = upstream_summary.store_dir(repo)
-    directory.mkdir(exist_ok=True)
-    repo.atomic_write(directory / name, [json.dumps(value, sort_keys=True).encode()])
+    try:
+        directory.mkdir(exist_ok=True)
+        repo.atomic_write(directory / name, [json.dumps(value, sort_keys=True).encode()])
+    except OSError as e:
+        log.warning("cannot record the summary state in %s: %s", directory, e.strerror or e)
 
 
 def _top_files(repo: Repo) -> dict[str, bytes]:
