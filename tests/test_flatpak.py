@@ -267,16 +267,21 @@ def test_ostree_pull_with_gpg_verify_summary_through_two_hops(
 
 def test_unsigned_remote_ls_shows_sizes_from_a_partial_cache(tmp_path: Path, gpg_keys: GpgKeys) -> None:
     publisher = build_publisher(tmp_path / "unsigned", (), None)
-    node = Node(tmp_path / "node", gpg_keys.trusted.keyring)
+    origin = _serve_http(publisher.repo)
+    # The daemon follows the app and runtime ([origin] refs) from a round at start; not appstream,
+    # so the upstream summary (which lists appstream too) is not served as is: lanshare's own
+    # summary keeps xa.title and rebuilds xa.cache for what it holds.
+    follow = f'[origin]\nurl = "{next(origin)}"\nrefs = ["{RUNTIME}", "{APP}"]\n'
+    node = Node(tmp_path / "node", gpg_keys.trusted.keyring, follow)
     node.config.write_text(
         node.config.read_text().replace("[trust]\n", "[trust]\nrequire_signatures = false\n", 1)
     )
-    origin = _serve_http(publisher.repo)
     try:
         node.start()
-        # The app and runtime only: the upstream summary lists appstream too, so it is not served
-        # as is; lanshare's own summary keeps xa.title and rebuilds xa.cache for what it holds.
-        node.pull(next(origin), RUNTIME, APP)
+        deadline = time.monotonic() + 120
+        while len(parse_summary(_get(node.url + "summary")).refs) < 2:
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
         served = parse_summary(_get(node.url + "summary"))
         assert sorted(r.name for r in served.refs) == sorted([APP, RUNTIME])
         upstream = parse_summary((publisher.repo / "summary").read_bytes())
