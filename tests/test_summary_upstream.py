@@ -198,3 +198,18 @@ def test_an_unsigned_set_is_served_only_when_it_lists_every_ref_held(tmp_path: P
     served = parse_summary((cache_path / "summary").read_bytes())
     assert [r.name for r in served.refs] == ["os/local", "os/stable"]
     assert served.extra_metadata == extra
+
+
+def test_a_torn_or_foreign_signature_is_not_kept(tmp_path: Path, gpg_keys: GpgKeys) -> None:
+    origin = tmp_path / "origin"
+    _commit(origin, build_tree(tmp_path / "tree"))
+    sign: list[str | Path] = ["--gpg-sign", gpg_keys.trusted.key_id, "--gpg-homedir", gpg_keys.homedir]
+    assert lanshare("summary", "--repo", origin, "-u", *sign) == 0
+    good = _set_of(origin, "http://origin.invalid/")
+    upstream_summary.check_signatures(good, gpg_keys.trusted.keyring, ())
+    with pytest.raises(UpstreamError, match=r"summary\.sig"):
+        upstream_summary.check_signatures(good, gpg_keys.other.keyring, ())
+    # A new summary next to the old signature (fetched while the publisher rewrote them).
+    torn = SummarySet(good.key, {**good.files, "summary": build_summary([], last_modified=2)}, good.source)
+    with pytest.raises(UpstreamError, match=r"summary\.sig"):
+        upstream_summary.check_signatures(torn, gpg_keys.trusted.keyring, ())

@@ -23,13 +23,14 @@ import os
 import re
 import shutil
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lanshare import gvariant
 from lanshare.errors import CorruptObject, Error
 from lanshare.gvariant import GVariantError
+from lanshare.ostree import signing
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.summary import Summary, SummaryRef, parse_summary
@@ -174,6 +175,26 @@ async def fetch_set(fetch: Fetch, source: str, known: SummarySet | None = None) 
         if (data := await fetch(index_sig)) is not None:
             files[index_sig] = data
     return SummarySet(set_key(parsed, source), files, source)
+
+
+def check_signatures(summary_set: SummarySet, gpg_keyring: Path | None, ed25519_keys: Sequence[str]) -> None:
+    """Verify ``summary.sig`` and ``summary.idx.sig`` with these keys; UpstreamError if one fails.
+
+    A pair fetched while the publisher was rewriting it (a new summary, the old signature) fails
+    here instead of being served to clients that would all refuse it.
+    """
+    pairs = (("summary", "summary.sig"), ("summary.idx", "summary.idx.sig"))
+    for signed, signature in pairs:
+        if signature in summary_set.files and signed in summary_set.files:
+            try:
+                signing.verify_summary_signature(
+                    summary_set.files[signed],
+                    summary_set.files[signature],
+                    gpg_keyring=gpg_keyring,
+                    ed25519_keys=ed25519_keys,
+                )
+            except Error as e:
+                raise UpstreamError(f"{signature}: {e}") from None
 
 
 # --- the store --------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ class _Pull:
                     await self._transaction(chosen, ref)
                 await self._credit_peers(time.monotonic() - started)
                 # Keep the source's summary set, to serve it on byte for byte (DESIGN §5c).
-                await keep_upstream_summary(self.repo, self.sources, ref, chosen.checksum)
+                await keep_upstream_summary(self.repo, self.sources, ref, chosen.checksum, self.options.trust)
             except (OSError, LocalWriteError) as e:
                 raise self._storage_error(e) from None
             finally:

@@ -161,7 +161,6 @@ class Source:
         self.failure: str | None = None
         self.on_abandon: AbandonHook | None = None
         self._summary_refs: dict[str, str] | None = None
-        self._summary_bytes: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -209,7 +208,6 @@ class Source:
             try:
                 data = await fetch_small(self.session, urljoin(self.url, "summary"), self.timeouts)
                 if data is not None:
-                    self._summary_bytes = data
                     self._summary_refs = {r.name: r.checksum for r in parse_summary(data).refs}
             except (SourceFailure, CorruptObject):
                 pass
@@ -217,8 +215,6 @@ class Source:
 
     async def fetch_file(self, path: str) -> bytes | None:
         """A small file of the archive layout (the summary set), None when absent; SourceFailure."""
-        if path == "summary" and self._summary_bytes is not None:
-            return self._summary_bytes
         return await fetch_small(self.session, urljoin(self.url, path), self.timeouts)
 
     # -- objects ---------------------------------------------------------------------------
