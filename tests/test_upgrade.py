@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterat
         repo, build_tree(base / "t4", 4), 4, "os/stable-v2", sign,
         "--parent", "none", "--checkpoint-source", f"os/stable@{v3}",
     )  # fmt: skip
+    with serve_repo(repo) as url:
+        yield Chain(repo, url, gpg_keys.trusted.keyring, v1, v2, v3, v4)
+
+
+@contextmanager
+def serve_repo(repo: Path) -> Iterator[str]:
+    """Serve ``repo`` with ``python -m http.server`` on 127.0.0.1 (a plain origin); yields its URL."""
     port = _free_port()
     cmd = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(repo), str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,7 +107,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterat
                 break
             except OSError:
                 time.sleep(0.02)
-        yield Chain(repo, f"http://127.0.0.1:{port}/", gpg_keys.trusted.keyring, v1, v2, v3, v4)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         server.terminate()
         server.wait(10)

@@ -155,4 +155,4 @@ def parse_status(text: str, source: str) -> Deployed:
         return Deployed(stripped, None, source)
     if stripped.startswith("{"):
         return _parse_rpm_ostree(stripped, source)
-    return from_deployments(parse_ostree_admin(stripped), source)
+    return from_deployments(parse_ostree_admin(text), source)

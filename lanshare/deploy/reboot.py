@@ -96,7 +96,10 @@ def parse_reboot(text: str) -> RebootPolicy:
     match = _WINDOW_RE.fullmatch(text)
     if match is None:
         raise ValueError(WINDOW_EXPECTED)
-    days = _days(match["days"]) if match["days"] else frozenset(range(7))
+    try:
+        days = _days(match["days"]) if match["days"] else frozenset(range(7))
+    except ValueError as e:
+        raise ValueError(f"{e}; expected {WINDOW_EXPECTED}") from None
     start = int(match[2]) * 60 + int(match[3])
     end = int(match[4]) * 60 + int(match[5])
     if start == end:
