@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 import lanshare
+from lanshare.commands import status as status_command
+from lanshare.config import load_config
 from lanshare.deploy.reboot import parse_reboot
+from lanshare.status import model, page
 from lanshare.upgrade import parse_deployed
 from tests.conftest import ostree
 from tests.gpg_fixtures import GpgKeys
@@ -310,3 +313,23 @@ def test_reboot_windows() -> None:
     for bad in ("sometimes", "Mon..Fry 02:00-04:00", "02:00-02:00", "25:00-26:00"):
         with pytest.raises(ValueError, match=r"Mon\.\.Fri 02:00-04:00"):
             parse_reboot(bad)
+
+
+def test_the_status_page_and_lanshare_status_say_reboot_needed(tmp_path: Path) -> None:
+    booted, pending = "a" * 64, "b" * 64
+    text = f"  os {pending}.0 (pending)\n    Version: 2\n* os {booted}.0\n    Version: 1\n"
+    (tmp_path / "status.txt").write_text(text)
+    (tmp_path / "lanshare.toml").write_text(
+        f'[upgrade]\ndeployed_commit_command = ["cat", "{tmp_path / "status.txt"}"]\n'
+    )
+    deployed = model.read_deployed(load_config(tmp_path / "lanshare.toml", environ={}))
+    assert (deployed["commit"], deployed["pending"]) == (booted, pending)
+    status = {"deployed": {**deployed, "path": None, "path_error": "not computed here", "missing": []}}
+    html = page._deployed(status)
+    assert "Reboot needed: <code" in html and f">{pending}</code> is deployed and pending" in html
+    status["node_id"], status["version"], status["listeners"] = "n", "0", {"lan": "x", "status": "y"}
+    status["refs"], status["pins"] = [], []
+    status["disk"] = {"used_bytes": None, "max_bytes": 1}
+    status["peers"], status["transfers"], status["errors"] = [], [], {"recent": []}
+    status["savings"] = {"saved_percent": None}
+    assert f"  reboot needed: {pending[:12]} is deployed and pending" in status_command._summary(status)
