@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -324,7 +325,9 @@ def test_the_status_page_and_lanshare_status_say_reboot_needed(tmp_path: Path) -
     )
     deployed = model.read_deployed(load_config(tmp_path / "lanshare.toml", environ={}))
     assert (deployed["commit"], deployed["pending"]) == (booted, pending)
-    status = {"deployed": {**deployed, "path": None, "path_error": "not computed here", "missing": []}}
+    status: dict[str, Any] = {
+        "deployed": {**deployed, "path": None, "path_error": "not computed here", "missing": []}
+    }
     html = page._deployed(status)
     assert "Reboot needed: <code" in html and f">{pending}</code> is deployed and pending" in html
     status["node_id"], status["version"], status["listeners"] = "n", "0", {"lan": "x", "status": "y"}
