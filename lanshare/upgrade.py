@@ -1,19 +1,24 @@
-"""``lanshare upgrade``: walk the update path one step at a time, deploying each step with the hook.
+"""``lanshare upgrade``: walk the update path one step at a time, deploying each step.
 
 DESIGN §3, §7, §8 ``[upgrade]``.  One run:
 
-1. reads the deployed commit from ``deployed_commit_file`` (a bare checksum) or from the output of
-   ``deployed_commit_command`` (a bare checksum, ``rpm-ostree status --json`` or ``ostree admin
-   status``);
+1. reads the deployed commit (and a pending one): from the sysroot with ``deploy = "ostree-admin"``
+   (:mod:`lanshare.deploy.ostree_admin`), from ``deployed_commit_file`` (a bare checksum) or from
+   the output of ``deployed_commit_command`` (:mod:`lanshare.deploy.deployed`);
 2. brings what the path needs into the repository: the heads of the refs the path runs along
    (full pulls through the pull engine, which verifies them), and the commit objects alone of the
    history between the deployed commit and those heads (their content is fixed by the hash chain
    from a verified head, so a commit-only copy is enough to compute the path);
-3. computes the path exactly as ``lanshare path`` does, pulls the next step's whole closure and
-   runs ``deploy_command`` with ``LANSHARE_COMMIT``, ``LANSHARE_REF``, ``LANSHARE_VERSION`` and
-   ``LANSHARE_REPO`` in its environment;
-4. records the step only once the hook has exited 0, and stops there (a checkpoint usually needs
-   a reboot before the machine may go further) unless asked to walk the whole path.
+3. computes the path exactly as ``lanshare path`` does; if its next step is already deployed and
+   pending, stops there ("reboot needed", exit 11) rather than deploy it again;
+4. pulls the next step's whole closure and deploys it: with the built-in ``ostree admin`` deployer,
+   or by running ``deploy_command`` with ``LANSHARE_COMMIT``, ``LANSHARE_REF``,
+   ``LANSHARE_VERSION`` and ``LANSHARE_REPO`` in its environment;
+5. records the step only once the deploy succeeded, and stops there (a checkpoint needs a reboot
+   before the machine may go further) unless asked to walk the whole path where nothing is booted.
+
+Run as root, it works on the cache as the cache's owner (:mod:`lanshare.deploy.owner`) and is root
+again only to deploy.
 """
 
 from __future__ import annotations
