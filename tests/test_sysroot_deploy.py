@@ -289,6 +289,24 @@ def test_an_image_build_sysroot_nothing_booted_walks_to_the_end(tmp_path: Path, 
         _unmake(tmp_path / "m")
 
 
+def test_a_sysroot_that_is_not_one_is_a_clear_failure(tmp_path: Path) -> None:
+    config = tmp_path / "lanshare.toml"
+    config.write_text(
+        f'[repo]\npath = "{tmp_path / "cache"}"\n[upgrade]\ndeploy = "ostree-admin"\nsysroot = "{tmp_path}"\n'
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "lanshare.cli", "upgrade", "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert (
+        f"reading the deployed commit: `{shutil.which('ostree')} admin status --sysroot={tmp_path}` exited"
+        in run.stderr
+    )
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
 def test_real_ostree_admin_status_output_is_read() -> None:
     c1, c2 = "a" * 64, "b" * 64
     booted = f"  os {c2}.0 (pending)\n    Version: 2\n* os {c1}.0\n    origin refspec: o:os/stable\n"

@@ -124,8 +124,8 @@ class OstreeAdmin:
         booted = [d for d in deployments if d.booted]
         osname = self.osname or (booted[0] if booted else deployments[0]).osname
         same = [d for d in deployments if d.osname == osname]
-        for candidate in [d for d in same if d.booted] + same:
-            return candidate
+        if same:
+            return next((d for d in same if d.booted), same[0])
         raise DeployFailed(
             f"no deployment of stateroot {osname!r} in {self.sysroot} to take kernel arguments and origin "
             f"from: deploy the first one with `ostree admin deploy --os={osname}`"
