@@ -22,6 +22,7 @@ from lanshare.index.models import Commit, Ref
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.summary import parse_summary
+from lanshare.deploy.deployed import parse_status
 from lanshare.upgrade import parse_deployed
 from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
@@ -460,6 +461,15 @@ def test_parse_rpm_ostree_status_takes_the_booted_deployment_and_its_origin() ->
     assert parse_deployed(rpm_ostree_status()) == (C2, "fedora/x86_64/coreos/stable")
     # With layered packages the booted checksum is a local commit; the base one is on the ref.
     assert parse_deployed(rpm_ostree_status(layered=True)) == (C2, "fedora/x86_64/coreos/stable")
+
+
+def test_a_deployment_listed_before_the_booted_one_is_pending() -> None:
+    # What makes the next run say "reboot needed" instead of deploying the same step again.
+    assert parse_status(rpm_ostree_status(), "rpm-ostree").pending == C1
+    assert parse_status(OSTREE_ADMIN_STATUS, "ostree admin").pending == C1
+    without_staged = json.loads(rpm_ostree_status())
+    without_staged["deployments"] = without_staged["deployments"][1:]
+    assert parse_status(json.dumps(without_staged), "rpm-ostree").pending is None
 
 
 def test_parse_ostree_admin_status_takes_the_starred_deployment() -> None:
