@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lanshare.deploy.deployed import parse_status
 from lanshare.index.db import open_index
 from lanshare.index.models import Commit, Ref
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.summary import parse_summary
-from lanshare.deploy.deployed import parse_status
 from lanshare.upgrade import parse_deployed
 from tests import hostile_servers as hs
 from tests.conftest import build_tree, lanshare, ostree
