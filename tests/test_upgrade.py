@@ -512,3 +512,26 @@ def test_deployed_commit_command_output_drives_the_walk(
     err = capsys.readouterr().err
     assert "listing deployments like '* OS CHECKSUM.SERIAL'" in err
     assert "got 'ostree: error: not booted into an OSTree system'" in err
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('deploy = "rpm-ostree"', 'upgrade.deploy: expected "ostree-admin" (or deploy_command'),
+        ('reboot = "sometimes"', 'upgrade.reboot: expected "never", "after-step" or a window like'),
+        ('reboot = "Mon..Fry 02:00-04:00"', "upgrade.reboot: expected"),
+        (
+            'deploy = "ostree-admin"\ndeploy_command = "/bin/true"',
+            "expected at most one of upgrade.deploy and",
+        ),
+        ('os = "a/b"', "upgrade.os: expected an OSTree stateroot name"),
+    ],
+)
+def test_bad_upgrade_keys_are_one_line_config_errors(
+    tmp_path: Path, keys: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lanshare.toml"
+    config.write_text(f"[upgrade]\n{keys}\n")
+    assert lanshare("upgrade", "--config", config) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1, err
