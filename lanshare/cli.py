@@ -126,7 +126,8 @@ def _add_network(sub: argparse._SubParsersAction[_Parser]) -> None:
         parents=[_common()],
         help="deploy the next step of the update path",
         epilog="exit status: 0 done (up to date, no more steps); 10 a step was deployed and more "
-        "remain (reboot if needed, then run again); 1 failed (pull, verification, deploy hook); "
+        "remain (reboot if needed, then run again); 11 reboot needed: the next step is deployed and "
+        "pending, nothing was deployed; 1 failed (pull, verification, deploy); "
         "2 usage or configuration error",
     )
     p.add_argument("--all", action="store_true", help="walk every step to the end of the path")

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from lanshare.deploy.reboot import NEVER, WINDOW_EXPECTED, RebootPolicy, parse_reboot
 from lanshare.errors import UsageError
 from lanshare.units import parse_duration, parse_size
 
@@ -537,6 +538,27 @@ def _env_command(text: str) -> object:
     return _env_toml_array(text) if text.lstrip().startswith("[") else text
 
 
+def _deployer(value: object) -> str:
+    if value != "ostree-admin":
+        raise _Invalid('"ostree-admin" (or deploy_command for any other tool)')
+    return value
+
+
+def _osname(value: object) -> str:
+    expected = 'an OSTree stateroot name like "fedora-iot", as in `ostree admin os-init`'
+    text = _text(value, expected)
+    if not text or text in (".", "..") or any(c == "/" or c.isspace() or not c.isprintable() for c in text):
+        raise _Invalid(expected)
+    return text
+
+
+def _reboot(value: object) -> RebootPolicy:
+    try:
+        return parse_reboot(_text(value, WINDOW_EXPECTED))
+    except ValueError:
+        raise _Invalid(WINDOW_EXPECTED) from None
+
+
 def _spec(parse: Parser, env: EnvParser = _env_text) -> dict[str, Any]:
     """The dataclass field metadata of a config key: its value parser and its environment parser."""
     return {"parse": parse, "env": env}
@@ -662,6 +684,14 @@ class UpgradeConfig:
     deployed_commit_file: Path | None = field(default=None, metadata=_spec(_optional(_absolute_path)))
     deployed_commit_command: tuple[str, ...] | None = field(
         default=None, metadata=_spec(_optional(_command), _env_command)
+    )
+    # The built-in deployer (lanshare/deploy/ostree_admin.py) and the reboot policy (deploy/reboot.py).
+    deploy: str | None = field(default=None, metadata=_spec(_optional(_deployer)))
+    sysroot: Path = field(default=Path("/"), metadata=_spec(_absolute_path))
+    os: str | None = field(default=None, metadata=_spec(_optional(_osname)))
+    reboot: RebootPolicy = field(default=NEVER, metadata=_spec(_reboot))
+    reboot_command: tuple[str, ...] = field(
+        default=("systemctl", "reboot"), metadata=_spec(_command, _env_command)
     )
 
 
@@ -879,9 +909,13 @@ def _state_dir(environ: Mapping[str, str]) -> Path:
 
 
 def _check_upgrade(values: _Values) -> None:
-    """Refuse two ways of learning the deployed commit; the key set last is the one reported."""
+    """Refuse two ways of learning the deployed commit, or of deploying; the key set last is reported."""
+    _check_exclusive(values, ("deployed_commit_file", "deployed_commit_command"))
+    _check_exclusive(values, ("deploy", "deploy_command"))
+
+
+def _check_exclusive(values: _Values, pair: tuple[str, str]) -> None:
     upgrade = values.values["upgrade"]
-    pair = ("deployed_commit_file", "deployed_commit_command")
     if all(upgrade.get(key) is not None for key in pair):
         last = max(pair, key=lambda key: values.origins["upgrade", key][0])
         other = pair[0] if last == pair[1] else pair[1]

@@ -11,7 +11,8 @@ touches the machine's real interfaces, so mDNS stays inside), and then, printing
    origin and no peers configured, run v1, and follow what they hold;
 3. waits until A holds the chain, then until B and C found A over mDNS and converged to it;
 4. runs ``lanshare upgrade`` on B until it is done: one deployed step per run (exit 10 while more
-   remain), recorded by a deploy hook;
+   remain), recorded by a deploy hook; then on C, whose OS is a real OSTree sysroot, with the
+   built-in ``deploy = "ostree-admin"`` (``ostree admin status`` shows where it got to);
 5. shows ``lanshare status`` of B and saves B's status page as HTML;
 6. stops the daemons with SIGTERM, deletes the namespaces and checks every repository with
    ``lanshare fsck``.
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lanshare.demo_sysroot import DemoSysroot, add_boot_files
 from lanshare.fsck import fsck
 from lanshare.gvariant import Variant
 from lanshare.netns import NetnsLan, NetnsUnavailable, netns_lan_context
@@ -94,10 +96,9 @@ def publish_chain(
     tree = work / "tree"
     for index, (ref, version, metadata) in enumerate(CHAIN):
         shutil.rmtree(tree, ignore_errors=True)
-        (tree / "etc").mkdir(parents=True)
-        (tree / "etc" / "os-release").write_text(f"NAME=Demo OS\nVERSION_ID={version}\n")
         (tree / "usr" / "lib").mkdir(parents=True)
         (tree / "usr" / "lib" / "libdemo.so").write_bytes(bytes(range(256)) * (64 * (index + 1)))
+        add_boot_files(tree, version)  # machine C deploys these trees with `ostree admin deploy`
         if ref == "os/stable-v2" and repo.read_ref(ref) is None:
             metadata = {**metadata, "lanshare.checkpoint-source": Variant("s", f"os/stable@{commits[-1]}")}
         options = CommitOptions(
@@ -163,8 +164,8 @@ class Machine(NamespaceDaemon):
     def deployed_log(self) -> Path:
         return self.base / "deployed.log"
 
-    def configure(self, keyring: Path, deployed: str, extra: str = "") -> None:
-        """Write the config, the deploy hook and the deployed-commit file."""
+    def configure(self, keyring: Path, deployed: str, extra: str = "", upgrade: str | None = None) -> None:
+        """Write the config, the deploy hook and the deployed-commit file (or ``upgrade``, its [upgrade])."""
         self.base.mkdir(parents=True, exist_ok=True)
         hook = self.base / "deploy"
         hook.write_text(HOOK)
@@ -176,7 +177,11 @@ class Machine(NamespaceDaemon):
             f'[trust]\ngpg_keyring = "{keyring}"\n'
             '[sharing]\nlisten = "0.0.0.0:8089"\ninterfaces = ["eth0"]\n'
             '[status]\nlisten = "127.0.0.1:0"\n'
-            f'[upgrade]\ndeploy_command = ["{hook}"]\ndeployed_commit_file = "{deployed_file}"\n' + extra
+            + (
+                upgrade
+                or f'[upgrade]\ndeploy_command = ["{hook}"]\ndeployed_commit_file = "{deployed_file}"\n'
+            )
+            + extra
         )
 
     def check_alive(self) -> None:
@@ -278,6 +283,8 @@ class LanDemo:
         self.keyring = base / "publisher.gpg"
         self.origin_proc: subprocess.Popen[bytes] | None = None
         self.commits: dict[str, str] = {}  # version → checksum
+        # C deploys into a real OSTree sysroot with the built-in deployer (when ostree is installed).
+        self.sysroot = DemoSysroot(base / "c" / "sysroot") if DemoSysroot.available() else None
 
     def version(self, checksum: str) -> str:
         return "v" + next((v for v, c in self.commits.items() if c == checksum), "?")
@@ -294,6 +301,7 @@ class LanDemo:
             self.start_daemons()
             self.converge()
             walked = self.upgrade_b()
+            walked = self.upgrade_c() and walked
             self.show_status()
         finally:
             self.stop()
@@ -333,12 +341,21 @@ class LanDemo:
         origin = f'[origin]\nurl = "http://127.0.0.1:{ORIGIN_PORT}/"\nrefs = ["os/stable"]\n'
         self.a.configure(self.keyring, v1, origin)
         self.b.configure(self.keyring, v1)
-        self.c.configure(self.keyring, v1)
+        if self.sysroot is not None:
+            self.sysroot.install(self.c.repo, v1, f"http://127.0.0.1:{ORIGIN_PORT}/")
+            sysroot = f'[upgrade]\ndeploy = "ostree-admin"\nsysroot = "{self.sysroot.path}"\n'
+            self.c.configure(self.keyring, v1, upgrade=sysroot)
+        else:
+            self.c.configure(self.keyring, v1)
         for machine in self.machines:
             machine.launch()
         self.out.say(
             "2. lanshare serve started on A (origin: os/stable), B and C (no origin, no peers, v1 deployed)"
         )
+        if self.sysroot is not None:
+            self.out.say(
+                f"   C's OS is an OSTree sysroot ({self.sysroot.path}): v1 from `ostree admin deploy`"
+            )
         for machine in self.machines:
             wait_until(machine.listening, f"lanshare serve on {machine.name} to listen")
         self.out.say("   all three daemons listen on port 8089 and advertise _lanshare._tcp over mDNS")
@@ -394,6 +411,43 @@ class LanDemo:
             + ("" if walked else "  — NOT the whole path")
         )
         return walked
+
+    def upgrade_c(self) -> bool:
+        """4b. C walks the path into its sysroot with ``deploy = "ostree-admin"``; libostree is the judge."""
+        sysroot, c = self.sysroot, self.c
+        if sysroot is None:
+            self.out.say("   (no ostree command: C's sysroot deployment is skipped)")
+            return True
+        self.out.say('   lanshare upgrade on C, [upgrade] deploy = "ostree-admin" into its sysroot:')
+        for run in range(1, len(self.commits) + 1):
+            started = time.monotonic()
+            done = c.cli("upgrade", "--json", timeout=180)
+            try:
+                report: dict[str, Any] = json.loads(done.stdout)
+            except ValueError:
+                self.out.show(done.stdout + done.stderr)
+                break
+            deployed = ", ".join(self.version(str(s["commit"])) for s in report.get("steps_deployed", []))
+            self.out.say(
+                f"   C run {run}: exit {done.returncode} after {time.monotonic() - started:.1f} s, "
+                + (f"deployed {deployed}" if deployed else f"status {report.get('status')}")
+            )
+            if done.returncode != 10:
+                break
+        status = sysroot.status()
+        self.out.say(
+            "   ostree admin status of C's sysroot (nothing is booted there: the first is the default):"
+        )
+        self.out.show(status)
+        default = sysroot.deployments()[0]
+        walked = default.commit == self.commits["5"] and default.refspec == "origin:os/stable-v2"
+        kept, sound = sysroot.kargs_kept(), sysroot.fsck()
+        self.out.say(
+            f"   C's sysroot: {'v5 on origin:os/stable-v2' if walked else 'NOT at v5 on os/stable-v2'}, "
+            f"kernel arguments {'kept' if kept else 'LOST'}, ostree fsck {'ok' if sound else 'FAILED'}"
+        )
+        sysroot.make_removable()
+        return walked and kept and sound
 
     def show_status(self) -> None:
         """5. B's status, asked inside its namespace; its page saved as HTML."""
@@ -492,7 +546,7 @@ def lan_main(base: Path, out: Narrator) -> int:
     out.say("   namespaces deleted")
     out.say(
         f"{'done: B walked the whole checkpoint chain from its LAN' if ok else 'FAILED'}; "
-        f"repositories, configs and logs kept in {base} (origin/, a/, b/, c/, b-status.html)"
+        f"repositories, configs and logs kept in {base} (origin/, a/, b/, c/ with c/sysroot, b-status.html)"
     )
     return 0 if ok else 1
 

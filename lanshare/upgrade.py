@@ -1,25 +1,29 @@
-"""``lanshare upgrade``: walk the update path one step at a time, deploying each step with the hook.
+"""``lanshare upgrade``: walk the update path one step at a time, deploying each step.
 
 DESIGN §3, §7, §8 ``[upgrade]``.  One run:
 
-1. reads the deployed commit from ``deployed_commit_file`` (a bare checksum) or from the output of
-   ``deployed_commit_command`` (a bare checksum, ``rpm-ostree status --json`` or ``ostree admin
-   status``);
+1. reads the deployed commit (and a pending one): from the sysroot with ``deploy = "ostree-admin"``
+   (:mod:`lanshare.deploy.ostree_admin`), from ``deployed_commit_file`` (a bare checksum) or from
+   the output of ``deployed_commit_command`` (:mod:`lanshare.deploy.deployed`);
 2. brings what the path needs into the repository: the heads of the refs the path runs along
    (full pulls through the pull engine, which verifies them), and the commit objects alone of the
    history between the deployed commit and those heads (their content is fixed by the hash chain
    from a verified head, so a commit-only copy is enough to compute the path);
-3. computes the path exactly as ``lanshare path`` does, pulls the next step's whole closure and
-   runs ``deploy_command`` with ``LANSHARE_COMMIT``, ``LANSHARE_REF``, ``LANSHARE_VERSION`` and
-   ``LANSHARE_REPO`` in its environment;
-4. records the step only once the hook has exited 0, and stops there (a checkpoint usually needs
-   a reboot before the machine may go further) unless asked to walk the whole path.
+3. computes the path exactly as ``lanshare path`` does; if its next step is already deployed and
+   pending, stops there ("reboot needed", exit 11) rather than deploy it again;
+4. pulls the next step's whole closure and deploys it: with the built-in ``ostree admin`` deployer,
+   or by running ``deploy_command`` with ``LANSHARE_COMMIT``, ``LANSHARE_REF``,
+   ``LANSHARE_VERSION`` and ``LANSHARE_REPO`` in its environment;
+5. records the step only once the deploy succeeded, and stops there (a checkpoint needs a reboot
+   before the machine may go further) unless asked to walk the whole path where nothing is booted.
+
+Run as root, it works on the cache as the cache's owner (:mod:`lanshare.deploy.owner`) and is root
+again only to deploy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import tempfile
@@ -33,6 +37,9 @@ import aiohttp
 from sqlalchemy import Engine
 
 from lanshare.config import UpgradeConfig
+from lanshare.deploy.deployed import Deployed, parse_status
+from lanshare.deploy.ostree_admin import OstreeAdmin
+from lanshare.deploy.owner import Identity
 from lanshare.errors import CorruptObject, Error, UsageError
 from lanshare.index import sync
 from lanshare.ostree.objects import ObjectType, is_checksum
@@ -45,12 +52,13 @@ from lanshare.pull.sources import PlanEntry, expand_plan, open_sources
 from lanshare.update_path import MAX_HISTORY, PathError, RepoGraph, Step, UpdatePath, compute_path
 from lanshare.wire import ObjectName
 
-# Exit statuses of ``lanshare upgrade`` (DESIGN §7 plus "more steps remain").
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_MORE = 0, 1, 2, 10
+# Exit statuses of ``lanshare upgrade`` (DESIGN §7 plus "more steps remain" and "reboot needed":
+# the next step is deployed and pending, waiting for the machine to boot it).
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_MORE, EXIT_REBOOT = 0, 1, 2, 10, 11
 # How much of a failing hook's stderr goes into the error message.
 HOOK_STDERR_TAIL = 5
 
-Status = Literal["done", "more", "failed"]
+Status = Literal["done", "more", "reboot-needed", "failed"]
 
 
 class UpgradeError(Error):
@@ -64,77 +72,13 @@ class HookFailed(UpgradeError):
 # -- the deployed commit ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Deployed:
-    """The commit the machine runs, the ref its deployment follows (when the tool says), and where from."""
-
-    commit: str
-    ref: str | None
-    source: str
-
-
 def parse_deployed(text: str) -> tuple[str, str | None]:
     """The deployed commit (and ref) in a checksum, ``rpm-ostree status --json`` or ``ostree admin status``.
 
-    Raises ValueError saying what was expected.
+    Raises ValueError saying what was expected and quoting what was got.
     """
-    stripped = text.strip()
-    if is_checksum(stripped):
-        return stripped, None
-    if stripped.startswith("{"):
-        return _parse_rpm_ostree(stripped)
-    return _parse_ostree_admin(stripped)
-
-
-def _refspec_ref(refspec: object) -> str | None:
-    """``remote:ref`` or ``ref`` → ``ref`` (OSTree refs cannot contain ":")."""
-    if not isinstance(refspec, str) or not refspec:
-        return None
-    return refspec.rpartition(":")[2] or None
-
-
-def _parse_rpm_ostree(text: str) -> tuple[str, str | None]:
-    try:
-        status = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"looks like JSON but is not valid ({e})") from None
-    deployments = status.get("deployments") if isinstance(status, dict) else None
-    if not isinstance(deployments, list):
-        raise ValueError('JSON without a "deployments" list: expected `rpm-ostree status --json` output')
-    # The booted deployment, not the staged one: a checkpoint counts as deployed only once the
-    # machine has booted into it, so running again before the reboot retries the same step.
-    booted = [d for d in deployments if isinstance(d, dict) and d.get("booted") is True]
-    if not booted:
-        raise ValueError("no deployment is marked booted in the rpm-ostree status")
-    # With layered packages "checksum" is a local commit on top of "base-checksum", the one on the ref.
-    checksum = booted[0].get("base-checksum") or booted[0].get("checksum")
-    if not isinstance(checksum, str) or not is_checksum(checksum):
-        raise ValueError("the booted deployment has no 64-hex checksum")
-    return checksum, _refspec_ref(booted[0].get("origin"))
-
-
-def _parse_ostree_admin(text: str) -> tuple[str, str | None]:
-    # "* debian 1a2b….0 (pending)": the booted deployment, then its detail lines, indented deeper.
-    lines = text.splitlines()
-    for number, line in enumerate(lines):
-        if not line.startswith("* "):
-            continue
-        words = line[2:].split()
-        commit = words[1].rpartition(".")[0] if len(words) >= 2 else ""
-        if not is_checksum(commit):
-            raise ValueError(f"the booted deployment line {line.strip()!r} has no CHECKSUM.SERIAL")
-        ref = None
-        for detail in lines[number + 1 :]:
-            if not detail.startswith("   "):
-                break
-            key, _, value = detail.strip().partition(":")
-            if key == "origin refspec":
-                ref = _refspec_ref(value.strip())
-        return commit, ref
-    raise ValueError(
-        "expected a bare checksum, `rpm-ostree status --json` output or `ostree admin status` "
-        "output with the booted deployment marked '*'"
-    )
+    deployed = parse_status(text, "")
+    return deployed.commit, deployed.ref
 
 
 def read_deployed(config: UpgradeConfig) -> Deployed:
@@ -163,13 +107,14 @@ def read_deployed(config: UpgradeConfig) -> Deployed:
             status, stderr = done.returncode, _tail(done.stderr, 1)
             raise UpgradeError(f"deployed_commit_command {shown} exited with status {status}: {stderr}")
         try:
-            commit, ref = parse_deployed(done.stdout)
+            return parse_status(done.stdout, f"command {shown}")
         except ValueError as e:
             raise UpgradeError(f"deployed_commit_command {shown}: {e}") from None
-        return Deployed(commit, ref, f"command {shown}")
+    if config.deploy == "ostree-admin":
+        return OstreeAdmin(config.sysroot, config.os).read_deployed()
     raise UsageError(
-        "cannot tell which commit is deployed: set [upgrade] deployed_commit_file "
-        "or deployed_commit_command in the configuration (or pass --from COMMIT)"
+        'cannot tell which commit is deployed: set [upgrade] deploy = "ostree-admin", '
+        "deployed_commit_file or deployed_commit_command in the configuration (or pass --from COMMIT)"
     )
 
 
@@ -388,11 +333,20 @@ class UpgradeReport:
     remaining: list[Step] = field(default_factory=list)
     status: Status = "failed"
     error: str | None = None
+    # A step deployed and waiting for the machine to boot it (deployed by this run or an earlier one).
+    pending: Step | None = None
+    note: str | None = None  # how the deployed commit was read, when worth saying (nothing booted)
+    rebooting: bool = False  # the reboot policy started a reboot
+
+    @property
+    def reboot_needed(self) -> bool:
+        return self.pending is not None
 
     @property
     def exit_code(self) -> int:
-        """0 done, 10 a step was deployed and more remain, 1 failed (usage errors are raised)."""
-        return {"done": EXIT_DONE, "more": EXIT_MORE, "failed": EXIT_FAILED}[self.status]
+        """0 done, 10 a step was deployed and more remain, 11 reboot needed, 1 failed (usage errors raise)."""
+        codes = {"done": EXIT_DONE, "more": EXIT_MORE, "reboot-needed": EXIT_REBOOT, "failed": EXIT_FAILED}
+        return codes[self.status]
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dictionary."""
@@ -402,6 +356,10 @@ class UpgradeReport:
             "steps_deployed": [s.to_json() for s in self.steps_deployed],
             "remaining": [s.to_json() for s in self.remaining],
             "status": self.status,
+            "reboot_needed": self.reboot_needed,
+            "pending": self.pending.to_json() if self.pending else None,
+            "rebooting": self.rebooting,
+            "note": self.note,
             "error": self.error,
         }
 
@@ -415,10 +373,10 @@ class Upgrade:
     show_step: Callable[[Step, int], None]
     relay: Callable[[subprocess.CompletedProcess[str]], None]  # the hook's output, after it ran
     warn: Notify
+    identity: Identity = field(default_factory=Identity)  # root again only to deploy
 
     async def run(self, deployed: Deployed, ref: str | None, report: UpgradeReport, walk_all: bool) -> None:
         """Deploy the next step (every step with ``walk_all``), filling in ``report`` as it goes."""
-        repo = self.fetcher.repo
         current = deployed.commit
         report.ref = ref = await choose_ref(self.fetcher, deployed, ref)
         while True:
@@ -429,25 +387,43 @@ class Upgrade:
                 return
             step = path.steps[0]
             report.remaining = path.steps
+            if current == deployed.commit and deployed.pending == step.commit:
+                # Deployed by an earlier run, not booted yet: deploying it again would only churn
+                # deployments and push the rollback out.
+                report.pending, report.status = step, "reboot-needed"
+                return
             await self._bring_in(step)
-            if self.config.deploy_command is None:
-                raise UsageError(
-                    f"pulled step {step.commit} ({step.ref}) but cannot deploy it: set [upgrade] "
-                    "deploy_command to the command that deploys a commit from the repository"
-                )
+            self._check_deployer(step)
             self.show_step(step, len(path.steps))
-            # The hook may run for minutes (a deployment): off the event loop, like the recording.
-            self.relay(await asyncio.to_thread(run_deploy_hook, self.config.deploy_command, step, repo))
-            await asyncio.to_thread(self._record, step)
+            # Deploying may take minutes: off the event loop, like the recording.
+            with self.identity.as_root():
+                await asyncio.to_thread(self._deploy, step)
+                after = await asyncio.to_thread(self._record, step)
             report.steps_deployed.append(step)
             report.remaining = path.steps[1:]
             current, ref = step.commit, step.ref
+            if after is not None and after.pending == step.commit:
+                report.pending = step  # a booted machine: the step waits for the reboot
             if not report.remaining:
                 report.status = "done"
                 return
-            if not walk_all:
+            if not walk_all or report.pending is not None:
                 report.status = "more"
                 return
+
+    def _deploy(self, step: Step) -> None:
+        if self.config.deploy == "ostree-admin":
+            OstreeAdmin(self.config.sysroot, self.config.os).deploy(step, self.fetcher.repo.path.resolve())
+        elif self.config.deploy_command is not None:
+            self.relay(run_deploy_hook(self.config.deploy_command, step, self.fetcher.repo))
+
+    def _check_deployer(self, step: Step) -> None:
+        if self.config.deploy is None and self.config.deploy_command is None:
+            raise UsageError(
+                f"pulled step {step.commit} ({step.ref}) but cannot deploy it: set [upgrade] "
+                'deploy = "ostree-admin" or deploy_command to the command that deploys a commit '
+                "from the repository"
+            )
 
     async def _bring_in(self, step: Step) -> None:
         repo = self.fetcher.repo
@@ -464,7 +440,8 @@ class Upgrade:
         except PullError as e:
             raise UpgradeError(f"cannot pull step {step.commit} ({step.ref}): {e}") from None
 
-    def _record(self, step: Step) -> None:
+    def _record(self, step: Step) -> Deployed | None:
+        """Record the step in deployed_commit_file, or read back what the deployer now reports."""
         if self.config.deployed_commit_file is not None:
             path = self.config.deployed_commit_file
             try:
@@ -474,24 +451,28 @@ class Upgrade:
                     f"deployed {step.commit} but cannot record it in deployed_commit_file {path}: "
                     f"{e.strerror or e}; write that checksum there before running again"
                 ) from None
-        elif self.config.deployed_commit_command is not None:
-            # The hook (or the OS tool it drives) records the deployment itself: check it agrees.
-            try:
-                now = read_deployed(self.config).commit
-            except UpgradeError as e:
-                self.warn(f"after deploying {step.commit}: {e}")
-                return
-            if now != step.commit:
-                self.warn(
-                    f"deployed_commit_command still reports {now} after deploying {step.commit} "
-                    "(expected if the step takes effect at the next boot)"
-                )
+            return None
+        config = self.config
+        if config.deployed_commit_command is None and config.deploy is None:
+            return None  # --from: nothing to read back
+        # The deployer (or the OS tool the hook drives) records the deployment itself: check it agrees.
+        try:
+            now = read_deployed(self.config)
+        except Error as e:
+            self.warn(f"after deploying {step.commit}: {e}")
+            return None
+        if step.commit not in (now.commit, now.pending):
+            self.warn(
+                f"{now.source} still reports {now.commit} after deploying {step.commit}, and not as pending"
+            )
+        return now
 
 
 __all__ = [
     "EXIT_DONE",
     "EXIT_FAILED",
     "EXIT_MORE",
+    "EXIT_REBOOT",
     "EXIT_USAGE",
     "Deployed",
     "Fetcher",

@@ -72,6 +72,13 @@ def test_demo_lan_walks_b_through_every_step_of_the_chain(tmp_path: Path) -> Non
         assert f"lanshare fsck {name}: ok" in done.stdout
     assert "no errors found" in ostree("fsck", f"--repo={out / 'b' / 'repo'}").stdout
 
+    # C deployed the same path into its OSTree sysroot with deploy = "ostree-admin": libostree agrees.
+    first = ostree("admin", "status", f"--sysroot={out / 'c' / 'sysroot'}").stdout.splitlines()[:3]
+    assert (
+        first[0].split()[1] == f"{expected[-1]}.0"
+        and first[2].strip() == "origin refspec: origin:os/stable-v2"
+    )
+
     # B's status page was saved and shows where B is.
     page = (out / "b-status.html").read_text()
     assert expected[-1][:12] in page and "os/stable-v2" in page

@@ -86,3 +86,21 @@ def test_sysusers_snippet_creates_the_unit_user(tmp_path: Path) -> None:
     }
     user = UNIT.read_text().split("\nUser=", 1)[1].split("\n", 1)[0]
     assert user in users and users[user][5] == "/var/lib/lanshare"
+
+
+def test_upgrade_timer_and_service_verify_silently(tmp_path: Path) -> None:
+    # verify loads the timer's unit (lanshare-upgrade.service) from the same directory.
+    service = (SYSTEMD_DIR / "lanshare-upgrade.service").read_text()
+    assert "ExecStart=/usr/local/bin/lanshare upgrade" in service.splitlines()
+    (tmp_path / "lanshare-upgrade.service").write_text(
+        service.replace("/usr/local/bin/lanshare", str(_lanshare_script()))
+    )
+    timer = tmp_path / "lanshare-upgrade.timer"
+    shutil.copy(SYSTEMD_DIR / "lanshare-upgrade.timer", timer)
+    result = _analyze("verify", timer, tmp_path / "lanshare-upgrade.service")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    # "more steps" and "reboot needed" are successes for the service, not failures to alert on.
+    from lanshare.upgrade import EXIT_MORE, EXIT_REBOOT
+
+    assert f"SuccessExitStatus={EXIT_MORE} {EXIT_REBOOT}" in service.splitlines()
+    assert "\nUser=" not in service  # root: deploying needs it

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lanshare.deploy.deployed import parse_status
 from lanshare.index.db import open_index
 from lanshare.index.models import Commit, Ref
 from lanshare.ostree.objects import ObjectType
@@ -87,6 +89,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterat
         repo, build_tree(base / "t4", 4), 4, "os/stable-v2", sign,
         "--parent", "none", "--checkpoint-source", f"os/stable@{v3}",
     )  # fmt: skip
+    with serve_repo(repo) as url:
+        yield Chain(repo, url, gpg_keys.trusted.keyring, v1, v2, v3, v4)
+
+
+@contextmanager
+def serve_repo(repo: Path) -> Iterator[str]:
+    """Serve ``repo`` with ``python -m http.server`` on 127.0.0.1 (a plain origin); yields its URL."""
     port = _free_port()
     cmd = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(repo), str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -99,7 +108,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Iterat
                 break
             except OSError:
                 time.sleep(0.02)
-        yield Chain(repo, f"http://127.0.0.1:{port}/", gpg_keys.trusted.keyring, v1, v2, v3, v4)
+        yield f"http://127.0.0.1:{port}/"
     finally:
         server.terminate()
         server.wait(10)
@@ -389,7 +398,7 @@ def test_without_a_deploy_command_the_step_is_pulled_but_not_recorded(
 ) -> None:
     m = make_machine(tmp_path / "m", chain, 'deployed_commit_file = "{deployed}"\n', deployed=chain.v1)
     assert upgrade(m) == 2
-    assert "set [upgrade] deploy_command" in capsys.readouterr().err
+    assert 'set [upgrade] deploy = "ostree-admin" or deploy_command' in capsys.readouterr().err
     assert upgrade(m, "--json") == 2
     assert json.loads(capsys.readouterr().out)["status"] == "failed"
     assert m.deployed() == chain.v1
@@ -454,6 +463,15 @@ def test_parse_rpm_ostree_status_takes_the_booted_deployment_and_its_origin() ->
     assert parse_deployed(rpm_ostree_status(layered=True)) == (C2, "fedora/x86_64/coreos/stable")
 
 
+def test_a_deployment_listed_before_the_booted_one_is_pending() -> None:
+    # What makes the next run say "reboot needed" instead of deploying the same step again.
+    assert parse_status(rpm_ostree_status(), "rpm-ostree").pending == C1
+    assert parse_status(OSTREE_ADMIN_STATUS, "ostree admin").pending == C1
+    without_staged = json.loads(rpm_ostree_status())
+    without_staged["deployments"] = without_staged["deployments"][1:]
+    assert parse_status(json.dumps(without_staged), "rpm-ostree").pending is None
+
+
 def test_parse_ostree_admin_status_takes_the_starred_deployment() -> None:
     assert parse_deployed(OSTREE_ADMIN_STATUS) == (C2, "os/stable")
     no_origin = f"* fedora {C2}.3\n    Version: 39\n    origin: <unknown origin type>\n"
@@ -491,4 +509,29 @@ def test_deployed_commit_command_output_drives_the_walk(
     assert f"still reports {chain.v1}" in captured.err
     status.write_text("ostree: error: not booted into an OSTree system\n")
     assert upgrade(m) == 1
-    assert "booted deployment marked '*'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "listing deployments like '* OS CHECKSUM.SERIAL'" in err
+    assert "got 'ostree: error: not booted into an OSTree system'" in err
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('deploy = "rpm-ostree"', 'upgrade.deploy: expected "ostree-admin" (or deploy_command'),
+        ('reboot = "sometimes"', 'upgrade.reboot: expected "never", "after-step" or a window like'),
+        ('reboot = "Mon..Fry 02:00-04:00"', "upgrade.reboot: expected"),
+        (
+            'deploy = "ostree-admin"\ndeploy_command = "/bin/true"',
+            "expected at most one of upgrade.deploy and",
+        ),
+        ('os = "a/b"', "upgrade.os: expected an OSTree stateroot name"),
+    ],
+)
+def test_bad_upgrade_keys_are_one_line_config_errors(
+    tmp_path: Path, keys: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lanshare.toml"
+    config.write_text(f"[upgrade]\n{keys}\n")
+    assert lanshare("upgrade", "--config", config) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1, err

@@ -66,6 +66,8 @@ def _summary(status: dict[str, Any]) -> list[str]:
         lines.append(f"deployed: {deployed['error'] or 'unknown ([upgrade] deployed_commit_file not set)'}")
     else:
         lines.append(f"deployed: {deployed['commit'][:12]} on {deployed['ref'] or '?'}")
+        if deployed.get("pending"):
+            lines.append(f"  reboot needed: {deployed['pending'][:12]} is deployed and pending")
         if deployed["path_error"]:
             lines.append(f"  no update path: {deployed['path_error']}")
         elif deployed["path"] is not None and not deployed["path"]["steps"]:

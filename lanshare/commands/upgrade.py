@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import subprocess
 import sys
 from functools import partial
@@ -11,6 +12,8 @@ from functools import partial
 from lanshare.cli import print_json
 from lanshare.commands.pull import _progress
 from lanshare.context import Context
+from lanshare.deploy.owner import Identity
+from lanshare.deploy.reboot import reboot
 from lanshare.errors import Error, UsageError
 from lanshare.ostree.objects import is_checksum
 from lanshare.pull import PullOptions, TrustPolicy
@@ -22,6 +25,7 @@ from lanshare.upgrade import (
     Deployed,
     Fetcher,
     Upgrade,
+    UpgradeError,
     UpgradeReport,
     read_deployed,
 )
@@ -46,7 +50,13 @@ def _relay(json_output: bool, done: subprocess.CompletedProcess[str]) -> None:
 
 
 def _summary(report: UpgradeReport) -> None:
-    if report.status == "done" and not report.steps_deployed:
+    pending = report.pending
+    if report.status == "reboot-needed" and pending is not None:
+        print(
+            f"reboot needed into {pending.version or pending.commit}: {pending.commit} on {pending.ref} is "
+            f"deployed and pending; nothing deployed (run lanshare upgrade again after the reboot)"
+        )
+    elif report.status == "done" and not report.steps_deployed:
         print(f"up to date: {report.deployed_before} is the end of the update path")
     elif report.status == "done":
         print(f"done: deployed {report.steps_deployed[-1].commit}, the end of the update path")
@@ -55,22 +65,49 @@ def _summary(report: UpgradeReport) -> None:
             f"{len(report.remaining)} more step(s) after this one: reboot if the deployment needs it, "
             "then run lanshare upgrade again"
         )
+    if pending is not None and report.status != "reboot-needed":
+        print(f"reboot needed into {pending.version or pending.commit} ({pending.commit} is pending)")
+    if report.rebooting:
+        print("rebooting now ([upgrade] reboot policy)")
+
+
+def _reboot(ctx: Context, identity: Identity, report: UpgradeReport) -> None:
+    """Reboot if the policy says so now: only ever into a step waiting for it."""
+    config = ctx.config.upgrade
+    # A hook with a deployed-commit file cannot say whether its step waits for a boot: assume it does.
+    unknown = config.deploy is None and config.deployed_commit_command is None and bool(report.steps_deployed)
+    if not (report.reboot_needed or unknown):
+        return
+    now = dt.datetime.now().astimezone()
+    if not config.reboot.reboot_now(deployed_now=bool(report.steps_deployed), now=now):
+        return
+    with identity.as_root():
+        problem = reboot(config.reboot_command)
+    if problem is not None:
+        raise UpgradeError(f"the step is deployed but the reboot failed: {problem}")
+    report.rebooting = True
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
-    """Walk the path from the deployed commit; exit 0 done, 10 more steps, 1 failed, 2 usage/config."""
+    """Walk the path from the deployed commit; exit 0 done, 10 more, 11 reboot needed, 1 failed, 2 usage."""
     ctx = Context.from_args(args)
     config = ctx.config
+    # Before anything opens the cache: as root, write it as its owner (the daemon's user).
+    identity = Identity.become_owner(ctx.repo_path, config.state_dir)
     report = UpgradeReport(None)
     try:
         if args.start is not None:
             start = args.start if is_checksum(args.start) else ctx.repo.resolve_rev(args.start)
             deployed = Deployed(start, None, "--from")
         else:
-            deployed = read_deployed(config.upgrade)
-        report.deployed_before = deployed.commit
-        upgrade = _upgrade(ctx, args)
+            with identity.as_root():
+                deployed = read_deployed(config.upgrade)
+        report.deployed_before, report.note = deployed.commit, deployed.note
+        if deployed.note is not None and not args.json:
+            print(f"deployed: {deployed.commit} ({deployed.note}; {deployed.source})")
+        upgrade = _upgrade(ctx, args, identity)
         asyncio.run(upgrade.run(deployed, args.ref, report, walk_all=args.all))
+        _reboot(ctx, identity, report)
     except Error as e:
         if not args.json:
             raise
@@ -84,7 +121,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def _upgrade(ctx: Context, args: argparse.Namespace) -> Upgrade:
+def _upgrade(ctx: Context, args: argparse.Namespace, identity: Identity) -> Upgrade:
     """The upgrade run, pulling as ``lanshare pull`` does (same sources, trust, index and progress)."""
     config = ctx.config
     # A bare --repo with no config file has no state directory to keep an index in (as lanshare pull).
@@ -95,4 +132,4 @@ def _upgrade(ctx: Context, args: argparse.Namespace) -> Upgrade:
         ctx.repo, plan_from_config(config), options, index, partial(_progress, not json_output), _warn
     )
     show = (lambda step, left: None) if json_output else _show_step
-    return Upgrade(fetcher, config.upgrade, show, partial(_relay, json_output), _warn)
+    return Upgrade(fetcher, config.upgrade, show, partial(_relay, json_output), _warn, identity)

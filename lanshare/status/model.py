@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from lanshare.commands.prune import policy_for
 from lanshare.config import Config, UpgradeConfig
 from lanshare.context import Context
+from lanshare.deploy.deployed import Deployed, parse_status
 from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.index import sync
 from lanshare.index.models import Peer, Transfer, TransferState
@@ -28,7 +29,6 @@ from lanshare.ostree.repo import Repo
 from lanshare.retention import PIN_REF_PREFIX, plan_retention
 from lanshare.server.limits import PeerStats
 from lanshare.update_path import CommitInfo, PathError, RepoGraph, compute_path
-from lanshare.upgrade import parse_deployed
 from lanshare.upgrade import read_deployed as read_upgrade_deployed
 
 SCHEMA_VERSION = 1
@@ -71,10 +71,22 @@ def read_deployed(config: Config) -> Json:
             return _run_deployed_command(upgrade.deployed_commit_command)
         deployed = read_upgrade_deployed(upgrade)
     except UsageError:
-        return {"commit": None, "ref": None, "source": None, "error": None}  # nothing configured
+        return _unknown(None, None)  # nothing configured
     except Error as e:
-        return {"commit": None, "ref": None, "source": _source(upgrade), "error": str(e)}
-    return {"commit": deployed.commit, "ref": deployed.ref, "source": deployed.source, "error": None}
+        return _unknown(_source(upgrade), str(e))
+    return _known(deployed)
+
+
+def _unknown(source: str | None, error: str | None) -> Json:
+    return {"commit": None, "ref": None, "source": source, "error": error, "pending": None, "note": None}
+
+
+def _known(deployed: Deployed) -> Json:
+    # "pending": deployed, waiting for the next boot (the status page says "reboot needed").
+    return {
+        "commit": deployed.commit, "ref": deployed.ref, "source": deployed.source, "error": None,
+        "pending": deployed.pending, "note": deployed.note,
+    }  # fmt: skip
 
 
 def _source(upgrade: UpgradeConfig) -> str | None:
@@ -97,15 +109,15 @@ def _run_deployed_command(argv: tuple[str, ...]) -> Json:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        return {"commit": None, "ref": None, "source": source, "error": f"deployed_commit_command: {e}"}
+        return _unknown(source, f"deployed_commit_command: {e}")
     if done.returncode != 0:
-        error = f"deployed_commit_command {' '.join(argv)} exited with status {done.returncode}"
-        return {"commit": None, "ref": None, "source": source, "error": error}
+        return _unknown(
+            source, f"deployed_commit_command {' '.join(argv)} exited with status {done.returncode}"
+        )
     try:
-        commit, ref = parse_deployed(done.stdout)
+        return _known(parse_status(done.stdout, source))
     except ValueError as e:
-        return {"commit": None, "ref": None, "source": source, "error": f"deployed_commit_command: {e}"}
-    return {"commit": commit, "ref": ref, "source": source, "error": None}
+        return _unknown(source, f"deployed_commit_command: {e}")
 
 
 # -- the repository part ---------------------------------------------------------------------------

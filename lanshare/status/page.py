@@ -81,6 +81,13 @@ def _deployed(status: dict[str, Any]) -> str:
         f'<p id="deployed">Deployed: {_code(deployed["commit"], 64).text}'
         f"{' on <b>' + escape(deployed['ref']) + '</b>' if deployed['ref'] else ''}</p>"
     )
+    if deployed.get("note"):
+        head += f'<p class="note">{escape(deployed["note"])}</p>'
+    if deployed.get("pending"):
+        head += (
+            f'<p class="problem" id="pending">Reboot needed: {_code(deployed["pending"], 64).text} is '
+            "deployed and pending; it runs after the next boot.</p>"
+        )
     if deployed["path_error"]:
         missing = "".join(f"<li><code>{escape(m)}</code></li>" for m in deployed["missing"])
         return (
