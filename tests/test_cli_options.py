@@ -59,3 +59,34 @@ def test_repo_and_json_before_the_subcommand(tmp_path: Path, capsys: pytest.Capt
 def test_commit_still_requires_a_repo(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert lanshare("commit", "--branch", "b", "--tree", tmp_path) == 2
     assert "required: --repo" in capsys.readouterr().err
+
+
+HEAVY = ("sqlalchemy", "alembic", "aiohttp", "zeroconf")
+_PROBE = """
+import contextlib, io, sys
+from lanshare.cli import main
+with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), \\
+        contextlib.redirect_stderr(io.StringIO()):
+    main(sys.argv[1:])
+print(" ".join(m for m in %r if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", [["--help"], ["path", "--from", "x"], ["status"]], ids=lambda c: c[0])
+def test_light_commands_do_not_import_the_database_or_network_stacks(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Start-up time is imports: `--help`, `path` and `status` load no SQLAlchemy/Alembic/aiohttp/zeroconf."""
+    import subprocess
+    import sys
+
+    config = _config(tmp_path)
+    argv = [*command] if command == ["--help"] else [*command, "--config", str(config)]
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE % (HEAVY,), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == []
