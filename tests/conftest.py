@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 
 from lanshare.cli import main as lanshare_main
-from lanshare.discovery.mdns_guard import GUARD_ENV, check_mdns_binding
+from lanshare.discovery.mdns_guard import GUARD_ENV, check_mdns_binding, guard_value
 
 pytest_plugins = ["tests.gpg_fixtures"]
 
 # No test may speak mDNS on the machine's real interfaces.  Every process the suite starts inherits
 # this, and lanshare's zeroconf start refuses to bind a real interface in the host's namespace.
-os.environ[GUARD_ENV] = "1"
+os.environ.setdefault(GUARD_ENV, guard_value())
 
 OSTREE = shutil.which("ostree")
 requires_ostree = pytest.mark.skipif(OSTREE is None, reason="the ostree CLI is not installed")

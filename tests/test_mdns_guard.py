@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 from zeroconf import InterfaceChoice, Zeroconf
 
-from lanshare.discovery.mdns_guard import GUARD_ENV, HostMdnsForbidden, in_host_network_namespace
+from lanshare.discovery.mdns_guard import GUARD_ENV, HostMdnsForbidden, network_namespace_id
+from lanshare.netns import loopback_command, unavailable_reason
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not in_host_network_namespace(), reason="the guard only acts in the machine's own namespace"
-)
 
-
-def test_the_suite_sets_the_guard_for_every_process_it_starts() -> None:
-    assert os.environ[GUARD_ENV] == "1"
+def test_the_suite_guards_the_namespace_it_runs_in() -> None:
+    assert os.environ[GUARD_ENV] == network_namespace_id() != ""
 
 
 def test_a_daemon_with_default_mdns_in_the_host_namespace_refuses_to_start(tmp_path: Path) -> None:
@@ -41,3 +38,23 @@ def test_a_daemon_with_default_mdns_in_the_host_namespace_refuses_to_start(tmp_p
 def test_a_tests_own_zeroconf_on_real_interfaces_fails(interfaces: object) -> None:
     with pytest.raises(HostMdnsForbidden):
         Zeroconf(interfaces=interfaces)  # type: ignore[arg-type]
+
+
+def test_inside_a_namespace_the_test_made_every_interface_is_allowed() -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    code = (
+        "from zeroconf import InterfaceChoice\n"
+        "from lanshare.discovery.mdns_guard import check_mdns_binding\n"
+        "check_mdns_binding(InterfaceChoice.All)\n"
+        "print('allowed')"
+    )
+    result = subprocess.run(
+        loopback_command([sys.executable, "-c", code]),
+        cwd=SOURCE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "allowed", result.stderr
