@@ -109,3 +109,42 @@ def test_a_dead_worker_falls_back_to_threads(tmp_path: Path, objects: list[tuple
     sizes, error = asyncio.run(run())
     assert error is None and len(sizes) == len(objects) - 10
     assert _visible(repo) == {n.checksum for n, _ in objects}
+
+
+_ORPHAN_PROBE = """
+import asyncio, sys, time
+from pathlib import Path
+from lanshare.ostree.repo import Repo
+from lanshare.pull.pipeline import StorePipeline
+
+async def main():
+    pipeline = StorePipeline(Repo.init(Path(sys.argv[1])), 2)
+    pipeline.start()
+    await asyncio.sleep(0.5)
+    print(" ".join(str(p) for p in pipeline._pool._processes), flush=True)
+    time.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_die_with_a_killed_pull(tmp_path: Path) -> None:
+    """kill -9 of a pull (no chance to stop its pool) leaves no worker process behind."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_PROBE, str(tmp_path / "repo")], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    assert not alive, f"workers {alive} outlived their pull"

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
@@ -104,6 +106,25 @@ def _warm_up(_: int) -> int:
     return os.getpid()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init() -> None:
+    """In each forked worker: leave signals to the parent, and die with it."""
+    # The parent's asyncio loop and its wakeup fd came along with the fork: a signal to the
+    # process group must not poke the parent's loop from here, nor run its handlers.
+    with suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool when interrupted
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A parent killed outright (SIGKILL, OOM) cannot shut the pool down: without this, workers
+    # would wait on their queue forever, holding copies of the parent's sockets.
+    with suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent already died before prctl took effect
+        os._exit(0)
+
+
 def _worker_count() -> int:
     configured = os.environ.get(WORKERS_ENV)
     if configured is not None:
@@ -133,7 +154,7 @@ class StorePipeline:
         # this process's threads could have held at the fork (no logging, database or network).
         try:
             pool = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("fork")
+                self.workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
             )
             for n in range(self.workers):
                 pool.submit(_warm_up, n)  # the first submit starts every worker
