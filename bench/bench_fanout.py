@@ -49,11 +49,13 @@ from bench.bench_pull import (
     _reset_peak_rss,
     _Runner,
     _stop_gpg_agent,
+    add_store_workers_argument,
 )
 from bench.bench_repo import PROJECT_ROOT, TIMESTAMP, BenchError, _read_all, work_directory
 from bench.nginx import Nginx, NginxError
 from bench.treegen import DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
+from lanshare.pull.pipeline import WORKERS_ENV
 
 GOAL_F = 0.5
 GOAL_G_MB = 200
@@ -154,9 +156,12 @@ def run_fanout(
     seed: int = 0,
     rounds: int = 1,
     log: Callable[[str], None] = lambda _: None,
+    store_workers: int | None = None,
 ) -> FanoutResult:
     """Generate, commit and serve the tree under ``workdir``; measure N clients at once, each way."""
     tools = Tools()
+    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
+        tools.env[WORKERS_ENV] = str(store_workers)
     tree = workdir / "tree"
     for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
@@ -301,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs of each way (median)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     parser.add_argument("--shared-net", action="store_true", help="stay in this network namespace")
+    add_store_workers_argument(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.clients < 1:
         parser.error("--rounds and --clients must be at least 1")
@@ -310,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with work_directory(args.keep, "bench-fanout-") as workdir:
         try:
             result = run_fanout(
-                workdir, args.clients, args.shape, args.files, args.size, args.seed, args.rounds, print
-            )
+                workdir, args.clients, args.shape, args.files, args.size, args.seed, args.rounds, print,
+                args.store_workers,
+            )  # fmt: skip
         except (BenchError, NginxError) as e:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1

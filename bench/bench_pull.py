@@ -66,6 +66,7 @@ from bench.nginx import Nginx, NginxError, free_port
 from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
 from lanshare.ostree.signing import export_public_keyring
+from lanshare.pull.pipeline import WORKERS_ENV
 
 BRANCH = "bench/tree"
 GOAL_A = 0.5
@@ -387,9 +388,12 @@ def run_bench(
     log: Callable[[str], None] = lambda _: None,
     shape: str = "os",
     strace: bool = False,
+    store_workers: int | None = None,
 ) -> BenchResult:
     """Generate, commit and serve the tree under ``workdir``, and measure every way of pulling it."""
     tools = Tools()
+    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
+        tools.env[WORKERS_ENV] = str(store_workers)
     tree = workdir / "tree"
     for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch", "lanshare-archive"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
@@ -565,6 +569,16 @@ def format_report(result: BenchResult, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def add_store_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--store-workers N``: the lanshare client's worker processes (0: threads), to compare."""
+    parser.add_argument(
+        "--store-workers",
+        type=int,
+        metavar="N",
+        help="lanshare clients verify and store in N worker processes (0: in threads; default: one per core)",
+    )
+
+
 def _can_unshare_net() -> bool:
     """Whether this process may create a network namespace (root, unshare and ip installed, allowed)."""
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
@@ -599,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--strace", action="store_true", help="also count futex calls of one untimed pull each way"
     )
+    add_store_workers_argument(parser)
     add_run_arguments(parser, each="way of pulling", kept="the repositories")
     parser.add_argument(
         "--shared-net",
@@ -619,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = run_bench(
                 workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), print,
-                args.shape, args.strace,
+                args.shape, args.strace, args.store_workers,
             )  # fmt: skip
         except (BenchError, NginxError) as e:
             print(f"bench failed: {e}", file=sys.stderr)
