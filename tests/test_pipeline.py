@@ -148,3 +148,23 @@ def test_workers_die_with_a_killed_pull(tmp_path: Path) -> None:
         time.sleep(0.05)
     alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
     assert not alive, f"workers {alive} outlived their pull"
+
+
+def test_no_worker_is_forked_until_a_group_needs_one(
+    tmp_path: Path, objects: list[tuple[ObjectName, bytes]]
+) -> None:
+    """A daemon polling an up-to-date ref, or a pull of a few objects, forks nothing."""
+    repo = Repo.init(tmp_path / "repo")
+
+    async def run() -> None:
+        pipeline = StorePipeline(repo, 2)
+        try:
+            assert (await pipeline.store(list(objects[:3])))[1] is None
+            assert pipeline._pool is None and pipeline.groups_in_threads == 1
+            assert (await pipeline.store(list(objects[3:])))[1] is None
+            assert pipeline._pool is not None and pipeline.groups_in_processes == 1
+        finally:
+            await pipeline.close()
+
+    asyncio.run(run())
+    assert _visible(repo) == {n.checksum for n, _ in objects}

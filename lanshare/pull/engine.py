@@ -175,7 +175,6 @@ class _Pull:
         connector = aiohttp.TCPConnector(limit=parallel * 2, limit_per_host=parallel)
         async with aiohttp.ClientSession(timeout=timeouts.client_timeout(), connector=connector) as session:
             try:
-                self.pipeline.start()
                 self.sources = await open_sources(session, specs, timeouts, self.repo.tmp_dir)
                 await self._prepare_sources()
                 head = self.repo.read_ref(ref) if ref is not None else None

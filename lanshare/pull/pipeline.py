@@ -141,13 +141,16 @@ class StorePipeline:
         self.repo = repo
         self.workers = _worker_count() if workers is None else workers
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._started = False
         self.groups_in_processes = 0
         self.groups_in_threads = 0
 
     def start(self) -> None:
-        """Fork the worker processes now, before the first objects arrive (a few ms)."""
-        if not self.workers or self._pool is not None:
+        """Fork the worker processes now (a few ms); :meth:`store` does it on the first group that
+        needs them, so a pull with nothing to fetch (a daemon polling its origin) forks nothing."""
+        if not self.workers or self._started:
             return
+        self._started = True
         # fork, not forkserver: a worker costs ~1 ms instead of a fresh interpreter importing
         # lanshare, and its CPU time is this process's children's (what `time lanshare pull`
         # reports).  A worker only runs _store_in_worker: it never takes a lock that another of
@@ -165,6 +168,8 @@ class StorePipeline:
 
     async def store(self, items: Sequence[tuple[ObjectName, Payload]]) -> Outcome:
         """Verify and store ``items`` in order until one fails: the sizes stored, and the failure."""
+        if len(items) >= PROCESS_MIN_OBJECTS:
+            self.start()
         pool = self._pool
         in_memory = [(n, p) for n, p in items if isinstance(p, bytes)]
         if pool is None or len(items) < PROCESS_MIN_OBJECTS or len(in_memory) != len(items):
