@@ -1,6 +1,7 @@
 """Pulls over loopback: lanshare from a lanshare peer, stock ``ostree pull`` from nginx and from lanshare.
 
-Generates one OS-like tree (bench/treegen.py), commits it GPG-signed with ``ostree commit`` into an
+Generates one OS-like tree (bench/treegen.py; ``--shape small``: thousands of files, most under
+1 KB, the per-object worst case), commits it GPG-signed with ``ostree commit`` into an
 archive repository, and serves that one directory with nginx and with two ``lanshare serve``
 daemons side by side on 127.0.0.1 (one per lanshare way, so that memory a daemon keeps after
 answering batch requests is never charged to the one stock ostree pulls from). Each round pulls
@@ -22,15 +23,21 @@ network namespace (``unshare -n``) where nothing else talks; nginx's ``$bytes_se
 as a check. Every pulled repository must pass ``ostree fsck`` (not timed) and hold the very
 commit that was served, else the bench fails (exit 1). Goals are printed as PASS or MISS, never
 asserted: (a) lanshare←lanshare / ostree←nginx wall ≤ 0.5, (b) ostree←lanshare / ostree←nginx
-wall ≤ 1.3, (c) the daemon's peak RSS during (b) ≤ 150 MB; (d) bytes are reported, no goal.
+wall ≤ 1.2, (c) the daemon's peak RSS during (b) ≤ 150 MB; (d) bytes are reported, no goal;
+(e) lanshare←lanshare / ostree←nginx client CPU-s ≤ 0.6. Each client's context switches
+(voluntary + involuntary, from ``wait4``, its children included) are reported per object: threads
+handing the GIL to each other show up there.  ``--strace`` adds one untimed lanshare pull under
+``strace -f -c`` and prints its futex calls per object.
 
-    python -m bench.bench_pull [--files N] [--size BYTES] [--rounds R] [--keep DIR] [--shared-net]
+    python -m bench.bench_pull [--shape os|small] [--files N] [--size BYTES] [--rounds R] [--keep DIR]
+                               [--shared-net] [--strace]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -56,13 +63,15 @@ from bench.bench_repo import (
     work_directory,
 )
 from bench.nginx import Nginx, NginxError, free_port
-from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, TreeStats, generate_tree
+from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
 from lanshare.ostree.signing import export_public_keyring
+from lanshare.pull.pipeline import WORKERS_ENV
 
 BRANCH = "bench/tree"
 GOAL_A = 0.5
-GOAL_B = 1.3
+GOAL_B = 1.2
+GOAL_E = 0.6
 GOAL_C_MB = 150
 # Set in the copy of the bench that runs inside its own network namespace.
 NETNS_ENV = "LANSHARE_BENCH_PULL_NETNS"
@@ -171,6 +180,7 @@ class PullRun:
     """One timed pull: the client child process, and what the server and ``lo`` saw meanwhile."""
 
     client: Run
+    switches: int  # the client's context switches, voluntary and involuntary, children included
     server_cpu: float
     server_peak_kib: int
     lo_bytes: int
@@ -185,6 +195,7 @@ class Way:
     key: str
     label: str
     server: str  # "nginx", "lanshare-batch" or "lanshare-archive"
+    strace_futex: int | None = None  # futex calls of one untimed run under strace -f -c
     runs: list[PullRun] = field(default_factory=list)
 
     def median(self, value: Callable[[PullRun], float]) -> float:
@@ -221,6 +232,7 @@ class BenchResult:
     """Everything the bench measured."""
 
     tree: TreeStats
+    shape: str
     archive_bytes: int
     objects: int
     commit: str
@@ -288,6 +300,13 @@ class _Runner:
 
     def prepare(self, way: Way, url: str, round_no: int) -> tuple[Path, Callable[[], Run]]:
         """A fresh archive repository set up to pull from ``url`` (not timed), and the timed pull."""
+        repo, cmd, env = self.command(way, url, round_no)
+        return repo, lambda: run_timed(cmd, env)
+
+    def command(
+        self, way: Way, url: str, round_no: int | str
+    ) -> tuple[Path, list[str | Path], dict[str, str] | None]:
+        """A fresh archive repository set up to pull from ``url`` (not timed), and the pull's argv."""
         run_dir = self.workdir / f"round{round_no}-{way.key}"
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir()
@@ -301,12 +320,14 @@ class _Runner:
                 f'[trust]\ngpg_keyring = "{self.keyring}"\n'
             )
             cmd: list[str | Path] = [*self.tools.lanshare, "pull", BRANCH, "--from", url, "--config", config]
-            return repo, lambda: run_timed(cmd, self.tools.env)
+            return repo, cmd, self.tools.env
         self.tools.ostree_cmd(
             "remote", "add", f"--repo={repo}", f"--gpg-import={self.keyring}", "origin", url
         )
-        pull = [self.tools.ostree, "pull", f"--repo={repo}", "--disable-static-deltas", "origin", BRANCH]
-        return repo, lambda: run_timed(pull)
+        pull: list[str | Path] = [
+            self.tools.ostree, "pull", f"--repo={repo}", "--disable-static-deltas", "origin", BRANCH
+        ]  # fmt: skip
+        return repo, pull, None
 
     def check(self, way: Way, repo: Path, commit: str) -> str | None:
         """Why the pulled repository is wrong (fsck failure, another commit), or None."""
@@ -321,18 +342,40 @@ class _Runner:
         return None
 
 
+def _children_switches() -> int:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_nvcsw + usage.ru_nivcsw
+
+
 def _timed_pull(step: Callable[[], Run], server_pid: int, nginx: Nginx | None) -> tuple[PullRun, bool]:
     reset = _reset_peak_rss(server_pid)
     offset = nginx.log_offset() if nginx else 0
     os.sync()  # the client's fresh repository and the last run's writes must not be charged here
     cpu, lo = _cpu_seconds(server_pid), _lo_bytes()
+    # Reaped children's totals: the client (through GNU time) is the only child reaped meanwhile.
+    switches = _children_switches()
     client = step()
+    switches = _children_switches() - switches
     lo = _lo_bytes() - lo
     cpu = _cpu_seconds(server_pid) - cpu
     responses = sent = None
     if nginx:
         responses, sent = nginx.bytes_sent_since(offset)
-    return PullRun(client, cpu, _peak_rss_kib(server_pid), lo, responses, sent), reset
+    return PullRun(client, switches, cpu, _peak_rss_kib(server_pid), lo, responses, sent), reset
+
+
+def _strace_futex(cmd: Sequence[str | Path], env: dict[str, str] | None, out: Path) -> int:
+    """Futex calls of ``cmd`` and its threads and children, from ``strace -f -c``."""
+    proc = subprocess.run(
+        ["strace", "-f", "-c", "-o", str(out), *map(str, cmd)], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"strace {' '.join(map(str, cmd))}: {proc.stderr.strip()[-500:]}")
+    for line in out.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[-1] == "futex":
+            return int(fields[3])
+    return 0
 
 
 def run_bench(
@@ -343,14 +386,20 @@ def run_bench(
     rounds: int = 3,
     keep: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    shape: str = "os",
+    strace: bool = False,
+    store_workers: int | None = None,
 ) -> BenchResult:
     """Generate, commit and serve the tree under ``workdir``, and measure every way of pulling it."""
     tools = Tools()
+    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
+        tools.env[WORKERS_ENV] = str(store_workers)
     tree = workdir / "tree"
     for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch", "lanshare-archive"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
-    log(f"generating {files} files, {size / 1e6:.0f} MB (seed {seed}) ...")
-    stats = generate_tree(tree, files=files, total_bytes=size, seed=seed)
+    what = f"{size / 1e6:.0f} MB" if shape == "os" else "most under 1 KB"
+    log(f"generating {files} files, {what} (shape {shape}, seed {seed}) ...")
+    stats = generate_shape(tree, shape, files, size, seed)
     _read_all(tree)
     gpg_home = workdir / "gpg"
     keyring = workdir / "publisher.gpg"
@@ -388,7 +437,7 @@ def run_bench(
         ways = {key: Way(key, label, server) for key, label, server in WAYS}
         runner = _Runner(tools, workdir, keyring, index_template)
         result = BenchResult(
-            stats, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
+            stats, shape, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
         )
         result.load.append(os.getloadavg())
         for round_no in range(rounds):
@@ -413,6 +462,13 @@ def run_bench(
                 if not keep or round_no < rounds - 1:
                     shutil.rmtree(repo.parent)
         result.load.append(os.getloadavg())
+        if strace:
+            for key in ("lanshare", "ostree-nginx"):
+                way = ways[key]
+                repo, cmd, env = runner.command(way, by_name[way.server].url, "strace")
+                way.strace_futex = _strace_futex(cmd, env, workdir / f"strace-{key}.txt")
+                log(f"  {key:<16} under strace -f -c: {way.strace_futex} futex calls")
+                shutil.rmtree(repo.parent)
         return result
     finally:
         for server in servers:
@@ -428,7 +484,8 @@ def format_report(result: BenchResult, rounds: int) -> str:
     """The table of every way of pulling, then the four ratios against their goals."""
     t, w = result.tree, result.ways
     lines = [
-        f"tree: {t.files} files ({t.total_bytes / 1e6:.1f} MB), {t.symlinks} symlinks, {t.dirs} dirs; "
+        f"tree ({result.shape} shape): {t.files} files ({t.total_bytes / 1e6:.1f} MB), "
+        f"{t.symlinks} symlinks, {t.dirs} dirs; "
         f"archive repository: {result.objects} objects, {_mb(result.archive_bytes)}",
         f"served commit: {result.commit} (GPG-signed; both clients verify the signature)",
         f"every pulled repository passed ostree fsck and holds that commit: "
@@ -451,7 +508,7 @@ def format_report(result: BenchResult, rounds: int) -> str:
     ]
     header = (
         f"{'way':<31} {'wall s':>7} {'CPU-s':>6} {'peak RSS':>9} {'srv CPU-s':>9} {'srv RSS':>8} "
-        f"{'bytes on lo':>12} {'nginx $bytes_sent':>18}"
+        f"{'bytes on lo':>12} {'nginx $bytes_sent':>18} {'ctx sw/obj':>10}"
     )
     lines += ["", header, "-" * len(header)]
     for way in w.values():
@@ -463,7 +520,8 @@ def format_report(result: BenchResult, rounds: int) -> str:
         lines.append(
             f"{way.label:<31} {way.wall:>7.2f} {way.median(lambda r: r.client.cpu):>6.2f} "
             f"{way.client_peak_mb:>6.0f} MB {way.median(lambda r: r.server_cpu):>9.2f} "
-            f"{way.server_peak_mb:>5.0f} MB {_mb(way.median(lambda r: r.lo_bytes)):>12} {nginx_bytes:>18}"
+            f"{way.server_peak_mb:>5.0f} MB {_mb(way.median(lambda r: r.lo_bytes)):>12} {nginx_bytes:>18} "
+            f"{way.median(lambda r: r.switches) / result.objects:>10.2f}"
         )
     lines.append("")
     lines.append("all runs, wall s: " + "; ".join(
@@ -496,8 +554,29 @@ def format_report(result: BenchResult, rounds: int) -> str:
         f"{_mb(lo['ostree-lanshare'])} (from nginx {_mb(lo['ostree-nginx'])}): "
         f"{lo['lanshare'] / lo['ostree-lanshare']:.2f} (no goal)",
     ]
+    e = cpu("lanshare") / base_cpu
+    lines.append(
+        f"(e) lanshare pull <- lanshare / ostree pull <- nginx, client CPU-s: {e:.2f} (goal <= {GOAL_E}) "
+        f"{verdict(e <= GOAL_E)}"
+    )
+    for key in ("lanshare", "ostree-nginx"):
+        if (futex := w[key].strace_futex) is not None:
+            lines.append(
+                f"    {w[key].label}: {futex} futex calls under strace -f -c, "
+                f"{futex / result.objects:.2f} per object"
+            )
     lines += [f"FAILED: {failure}" for failure in result.failures]
     return "\n".join(lines)
+
+
+def add_store_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--store-workers N``: the lanshare client's worker processes (0: threads), to compare."""
+    parser.add_argument(
+        "--store-workers",
+        type=int,
+        metavar="N",
+        help="lanshare clients verify and store in N worker processes (0: in threads; default: one per core)",
+    )
 
 
 def _can_unshare_net() -> bool:
@@ -525,6 +604,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_tree_arguments(parser)
+    parser.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="os",
+        help=f"os-like tree, or many small files (default --files {DEFAULT_SMALL_FILES} for small)",
+    )
+    parser.add_argument(
+        "--strace", action="store_true", help="also count futex calls of one untimed pull each way"
+    )
+    add_store_workers_argument(parser)
     add_run_arguments(parser, each="way of pulling", kept="the repositories")
     parser.add_argument(
         "--shared-net",
@@ -533,6 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parse_bench_args(parser, argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.shape == "small" and not any(a == "--files" or a.startswith("--files=") for a in argv):
+        args.files = DEFAULT_SMALL_FILES
+    if args.strace and not shutil.which("strace"):
+        parser.error("--strace needs strace (apt-get install strace)")
     if not args.shared_net and not os.environ.get(NETNS_ENV):
         if _can_unshare_net():
             return _in_private_netns(argv)
@@ -540,8 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with work_directory(args.keep, "bench-pull-") as workdir:
         try:
             result = run_bench(
-                workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), log=print
-            )
+                workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), print,
+                args.shape, args.strace, args.store_workers,
+            )  # fmt: skip
         except (BenchError, NginxError) as e:
             print(f"bench failed: {e}", file=sys.stderr)
             return 1

@@ -5,9 +5,13 @@ The default shape is ~10,000 files and ~200 MB, close to a small OS image: many 
 that compresses well (text, code-like binaries) and data that does not (already-compressed
 archives and images), symlinks, executables, empty files, empty directories and a few duplicates.
 
+The ``small`` shape (:func:`generate_small_tree`) is the worst case for per-object overhead:
+thousands of files, most under 1 KB (a median of ~300 bytes, none over 16 KB), compressible
+text and random bytes mixed, in a few hundred directories.
+
 The same ``seed`` gives the same names, modes and bytes, so the commit checksum is reproducible.
 
-    python -m bench.treegen DIR [--files N] [--size BYTES] [--seed S]
+    python -m bench.treegen DIR [--shape os|small] [--files N] [--size BYTES] [--seed S]
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 DEFAULT_FILES = 10_000
 DEFAULT_SIZE = 200 * 1000 * 1000
+SHAPES = ("os", "small")
+DEFAULT_SMALL_FILES = 5_000
 
 # Top-level layout of a typical OS tree; directories are grown below these.
 _ROOTS = (
@@ -260,6 +266,50 @@ def generate_tree(
     return stats
 
 
+def generate_small_tree(path: Path | str, files: int = DEFAULT_SMALL_FILES, seed: int = 0) -> TreeStats:
+    """Write ``files`` small regular files under ``path`` (created, must be absent or empty).
+
+    Sizes are log-normal around 300 bytes (about 85% under 1 KB, capped at 16 KB); 60% of the
+    files are text, 40% random bytes, so both deflate paths (shrinks, does not) are exercised.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    if any(root.iterdir()):
+        raise FileExistsError(f"{root}: not empty")
+    rng = random.Random(seed)
+    content = _Content(rng)
+    stats = TreeStats()
+    dirs = _make_dirs(rng, max(len(_ROOTS), files // 20), max_depth=5)
+    for d in sorted(dirs, key=len):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        for parent in _parents(d):
+            os.chmod(root / parent, 0o755)
+    os.chmod(root, 0o755)
+    stats.dirs = len({p for d in dirs for p in _parents(d)})
+    for _ in range(files):
+        size = min(16384, max(1, int(rng.lognormvariate(5.7, 0.9))))
+        kind = "text" if rng.random() < 0.6 else "packed"
+        data = content.make(kind, size)
+        rel = _unique(root, f"{rng.choice(dirs)}/{_name(rng)}{_ext(rng, kind)}")
+        (root / rel).write_bytes(data)
+        os.chmod(root / rel, 0o644)
+        stats.files += 1
+        stats.total_bytes += size
+        stats.by_kind[kind] = stats.by_kind.get(kind, 0) + size
+    return stats
+
+
+def generate_shape(
+    path: Path | str, shape: str, files: int = DEFAULT_FILES, total_bytes: int = DEFAULT_SIZE, seed: int = 0
+) -> TreeStats:
+    """The tree of ``shape`` ("os": :func:`generate_tree`; "small": ``total_bytes`` is not used)."""
+    if shape == "small":
+        return generate_small_tree(path, files, seed)
+    if shape != "os":
+        raise ValueError(f"unknown tree shape {shape!r} (expected one of {', '.join(SHAPES)})")
+    return generate_tree(path, files, total_bytes, seed)
+
+
 def _parents(d: str) -> list[str]:
     parts = d.split("/")
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -279,11 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("path", type=Path, help="directory to create (must be absent or empty)")
-    parser.add_argument("--files", type=int, default=DEFAULT_FILES, help="non-directory entries")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="total bytes of file data")
+    parser.add_argument("--shape", choices=SHAPES, default="os", help="os-like, or many small files")
+    parser.add_argument("--files", type=int, help="non-directory entries (default by shape)")
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="total bytes of file data (os shape)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    stats = generate_tree(args.path, args.files, args.size, args.seed)
+    files = args.files or (DEFAULT_SMALL_FILES if args.shape == "small" else DEFAULT_FILES)
+    stats = generate_shape(args.path, args.shape, files, args.size, args.seed)
     print(stats)
     return 0
 

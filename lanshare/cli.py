@@ -28,15 +28,36 @@ def print_json(data: object) -> None:
     sys.stdout.write("\n")
 
 
+_CONFIG_HELP = "configuration file (default /etc/lanshare/lanshare.toml)"
+
+
+def _add_global_options(parser: _Parser, *, repo_help: str, under_command: bool) -> None:
+    """``--config``, ``--repo`` and ``--json``: accepted before the subcommand and after it.
+
+    Under a subcommand they default to SUPPRESS, so a value given before the subcommand is not
+    overwritten by the subcommand's default (argparse copies every sub-namespace attribute over).
+    """
+    default = argparse.SUPPRESS if under_command else None
+    parser.add_argument("--config", type=Path, default=default, help=_CONFIG_HELP)
+    parser.add_argument("--repo", type=Path, default=default, help=repo_help)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if under_command else False,
+        help="print JSON for scripts",
+    )
+
+
 def _common(repo_required: bool = False) -> _Parser:
     """Options every repository command takes: the config file and a repository override."""
     parent = _Parser(add_help=False)
-    parent.add_argument(
-        "--config", type=Path, help="configuration file (default /etc/lanshare/lanshare.toml)"
+    help_text = (
+        "archive repository (required)"
+        if repo_required
+        else "repository (default: [repo] path from the config)"
     )
-    help_text = "archive repository" if repo_required else "repository (default: [repo] path from the config)"
-    parent.add_argument("--repo", type=Path, required=repo_required, help=help_text)
-    parent.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_global_options(parent, repo_help=help_text, under_command=True)
+    parent.set_defaults(repo_required=repo_required)
     return parent
 
 
@@ -164,8 +185,13 @@ def _add_retention(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_status(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("status", help="show the running daemon's status (its status page, as text)")
-    p.add_argument("--config", type=Path, help="configuration file (default /etc/lanshare/lanshare.toml)")
-    p.add_argument("--json", action="store_true", help="print the /api/v1/status JSON document")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=_CONFIG_HELP)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the /api/v1/status JSON document",
+    )
     p.set_defaults(handler=_lazy("status", "run_status"))
 
 
@@ -180,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="lanshare", description="LAN cache for OSTree repositories")
     parser.add_argument("--version", action="version", version=f"lanshare {__version__}")
+    _add_global_options(
+        parser, repo_help="repository (default: [repo] path from the config)", under_command=False
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_commit(sub)
     _add_fsck(sub)
@@ -196,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lanshare`` console script."""
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "repo_required", False) and args.repo is None:
+            raise UsageError(f"lanshare {args.command}: the following arguments are required: --repo")
         handler: Handler = args.handler
         return handler(args)
     except UsageError as e:

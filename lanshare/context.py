@@ -6,11 +6,13 @@ import argparse
 import functools
 import time
 from pathlib import Path
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from lanshare.config import Config, load_config
 from lanshare.ostree.repo import Repo
+
+if TYPE_CHECKING:  # SQLAlchemy costs ~0.15 s to import; commands without the index never load it
+    from sqlalchemy import Engine
 
 
 class Context:

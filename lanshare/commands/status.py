@@ -22,7 +22,7 @@ class DaemonNotRunning(Error):
 
 def status_url(config: Config) -> str:
     """Where the daemon's status listener is: ``<state>/status-address``, else ``[status] listen``."""
-    from lanshare.status.app import STATUS_ADDRESS_FILE
+    from lanshare.status.address import STATUS_ADDRESS_FILE
 
     address_file = config.state_dir / STATUS_ADDRESS_FILE
     try:

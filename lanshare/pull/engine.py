@@ -32,6 +32,7 @@ from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
 from lanshare.pull.http import Timeouts
+from lanshare.pull.pipeline import StorePipeline, store_group, store_one
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
 from lanshare.pull.upstream import keep_upstream_summary
@@ -150,6 +151,7 @@ class _Pull:
         self.partial_marked = False
         self.rejected: list[str] = []
         self.backing_off: set[Source] = set()
+        self.pipeline = StorePipeline(repo)
 
     # -- the whole pull --------------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class _Pull:
             except (OSError, LocalWriteError) as e:
                 raise self._storage_error(e) from None
             finally:
+                await self.pipeline.close()
                 # Demotions are recorded even when the pull fails before it stores anything.
                 await self.recorder.drain()
         return PullResult(
@@ -551,9 +554,9 @@ class _Pull:
     ) -> tuple[int, CorruptObject | None]:
         """Verify and store ``items`` from ``source`` in order: how many were stored, and why the
         next one was refused (None when all were stored)."""
-        # One worker-thread hop for the whole group: a hop per object cost more in thread
-        # hand-offs and GIL contention than many small objects take to verify and write.
-        sizes, error = await asyncio.to_thread(self._store_group, items)
+        # One hop for the whole group (to a worker process, or a thread for small groups): a hop
+        # per object cost more in hand-offs and GIL contention than small objects take to store.
+        sizes, error = await self.pipeline.store(items)
         stats = self.stats.setdefault(source.name, SourceStats())
         for size in sizes:
             stats.objects += 1
@@ -571,31 +574,12 @@ class _Pull:
     def _store_group(
         self, items: Sequence[tuple[ObjectName, bytes | BinaryIO]]
     ) -> tuple[list[int], CorruptObject | LocalWriteError | None]:
-        """Store ``items`` in order (in a worker thread) until one fails: the sizes stored, the failure."""
-        sizes: list[int] = []
-        for name, payload in items:
-            try:
-                sizes.append(self._store_one(name, payload))
-            except (CorruptObject, LocalWriteError) as e:
-                return sizes, e
-        return sizes, None
+        """Store ``items`` in order (blocking) until one fails: the sizes stored, the failure."""
+        return store_group(self.repo, items)
 
     def _store_one(self, name: ObjectName, payload: bytes | BinaryIO) -> int:
         """Verify and store one object; its size.  Raises CorruptObject when it is wrong."""
-        repo = self.repo
-        try:
-            if name.kind is ObjectType.FILE:
-                if isinstance(payload, bytes):
-                    repo.write_filez_bytes(name.checksum, payload)
-                    return len(payload)
-                repo.write_filez(name.checksum, payload)
-                return payload.tell()
-            data = payload if isinstance(payload, bytes) else payload.read()
-            repo.write_metadata(name.kind, data, name.checksum)
-            return len(data)
-        except OSError as e:
-            # Raised as a non-OSError so the HTTP layer does not take it for a network failure.
-            raise LocalWriteError(f"{name}: {e.strerror or e}") from None
+        return store_one(self.repo, name, payload)
 
 
 def _commit(checksum: str) -> ObjectName:

@@ -52,6 +52,10 @@ AbandonHook = Callable[["Source", str, bool], None]
 # Batch sizes for peers: enough objects to amortise a round trip, few enough to spread the work.
 _MIN_BATCH, _MAX_BATCH = 16, wire.MAX_BATCH_OBJECTS
 _INFO_LIMIT = 4 * 1024 * 1024
+# Records of a batch response are handed to the sink in groups of about this much (or this many
+# objects): big enough that storing costs one hop per group, not per object; small enough to
+# bound memory (per batch request in flight) and to keep the stream flowing.
+_GROUP_BYTES, _GROUP_OBJECTS = 512 * 1024, 256
 
 
 @dataclass(frozen=True)
@@ -328,18 +332,12 @@ class PeerSource(Source):
         outcome: dict[ObjectName, str | None] = {}  # None: stored
         too_large: list[ObjectName] = []
         decoder = wire.BatchDecoder(list(batch))
+        group: list[tuple[ObjectName, bytes | BinaryIO]] = []
+        group_bytes = 0
 
-        async def on_chunk(chunk: bytes) -> None:
-            # Records are verified and stored as they arrive, those one chunk completes together:
-            # memory stays at about one chunk's records.
-            present: list[tuple[ObjectName, bytes | BinaryIO]] = []
-            for name, data, status in decoder.feed(chunk):
-                if status == wire.TOO_LARGE:
-                    too_large.append(name)
-                elif data is None:
-                    outcome[name] = "not held by this peer"
-                else:
-                    present.append((name, data))
+        async def store() -> None:
+            nonlocal group, group_bytes
+            present, group, group_bytes = group, [], 0
             if not present:
                 return
             stored, error = await sink(self, present)
@@ -347,6 +345,21 @@ class PeerSource(Source):
                 outcome[name] = None
             if error is not None:
                 raise SourceFailure(f"served a corrupt object: {error}", bad_data=True)
+
+        async def on_chunk(chunk: bytes) -> None:
+            # Records are verified and stored as they arrive, a group at a time: memory stays at
+            # about one group (plus one chunk) per request.
+            nonlocal group_bytes
+            for name, data, status in decoder.feed(chunk):
+                if status == wire.TOO_LARGE:
+                    too_large.append(name)
+                elif data is None:
+                    outcome[name] = "not held by this peer"
+                else:
+                    group.append((name, data))
+                    group_bytes += len(data)
+            if group_bytes >= _GROUP_BYTES or len(group) >= _GROUP_OBJECTS:
+                await store()
 
         url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
         try:
@@ -358,6 +371,11 @@ class PeerSource(Source):
             decoder.finish()
         except wire.WireError as e:
             self._fail(SourceFailure(f"broke the batch protocol: {e}", bad_data=True))
+        except SourceFailure as e:
+            self._fail(e)
+        try:
+            # Complete records received before a failure are still checked and kept.
+            await store()
         except SourceFailure as e:
             self._fail(e)
         for name in too_large:

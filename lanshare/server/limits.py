@@ -31,9 +31,11 @@ class LanLimits:
     max_upload_rate: int | None = None
     max_request_bytes: int = wire.MAX_REQUEST_BYTES
     max_batch_objects: int = wire.MAX_BATCH_OBJECTS
-    # Batch responses being encoded at once (more wait their turn): each holds up to two groups of
-    # objects in memory, a group about 1 MiB (objects over batch.BATCH_OBJECT_BYTES go by sendfile).
-    max_batch_streams: int = 4
+    # Batch responses being streamed at once (more wait their turn): each holds at most two groups
+    # of records in memory, a group about 256 KiB (objects over batch.BATCH_OBJECT_BYTES go by
+    # sendfile): at most ~16 MiB in all.  A classroom is 8 peers with several requests each; a
+    # peer that reads slowly must not keep the others waiting for a free stream.
+    max_batch_streams: int = 32
     # An idle connection, or one still sending its request headers, is closed after this long
     # from its start or its last response: slow headers cannot pin a connection.
     keepalive_timeout: float = 15.0

@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler
 from lanshare.config import ListenAddress
 from lanshare.server.lan import LEDGER
 from lanshare.server.limits import PeerStats
+from lanshare.status.address import STATUS_ADDRESS_FILE as STATUS_ADDRESS_FILE  # re-exported
 from lanshare.status.collector import StatusCollector, StatusSources
 from lanshare.status.metrics import CONTENT_TYPE, render_metrics
 from lanshare.status.page import render_page
@@ -38,9 +39,6 @@ COLLECTOR = web.AppKey("status_collector", StatusCollector)
 _ALLOWED_HOSTS = web.AppKey("status_allowed_hosts", frozenset)
 STATUS_APP = web.AppKey("status_app", web.Application)
 STATUS_ADDRESS = web.AppKey("status_address", ListenAddress)
-# Where the bound status address ("host:port") is written once listening, as for the LAN
-# listener: `lanshare status` reads it, and with port 0 it is the only way to learn the port.
-STATUS_ADDRESS_FILE = "status-address"
 _HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
