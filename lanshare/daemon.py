@@ -135,6 +135,9 @@ async def _index(app: web.Application) -> AsyncIterator[None]:
     )
     if stale:
         log.info("%d transfers left running by a stopped process marked failed", stale)
+    # Their leases would keep what they were pulling from retention until they expire.
+    if dead := await asyncio.to_thread(sync.drop_dead_leases, engine):
+        log.info("%d leases of pulls whose process is gone dropped", dead)
     try:
         yield
     finally:
