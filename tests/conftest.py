@@ -14,7 +14,7 @@ import pytest
 from lanshare.cli import main as lanshare_main
 from lanshare.discovery.mdns_guard import GUARD_ENV, check_mdns_binding, guard_value
 
-pytest_plugins = ["tests.gpg_fixtures"]
+pytest_plugins = ["tests.gpg_fixtures", "tests.postgres"]
 
 # No test may speak mDNS on the machine's real interfaces.  Every process the suite starts inherits
 # this, and lanshare's zeroconf start refuses to bind a real interface in the host's namespace.

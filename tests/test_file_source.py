@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from lanshare.index.db import open_index
+from lanshare.index.models import Commit, Lease, Transfer, TransferState
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from tests.conftest import build_tree, lanshare, ostree, ostree_commit
@@ -31,11 +35,12 @@ def mirror(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> tuple
     return repo, commit
 
 
-def _config(tmp_path: Path, keyring: Path, origin: str = "") -> Path:
+def _config(tmp_path: Path, keyring: Path, origin: str = "", database: str = "") -> Path:
     config = tmp_path / "lanshare.toml"
+    database = database or f"sqlite:///{tmp_path / 'index.sqlite'}"
     config.write_text(
         f'[repo]\npath = "{tmp_path / "repo"}"\n'
-        f'[database]\nurl = "sqlite:///{tmp_path / "index.sqlite"}"\n'
+        f'[database]\nurl = "{database}"\n'
         f'[trust]\ngpg_keyring = "{keyring}"\n'
         + (f'[origin]\nurl = "{origin}"\nrefs = ["os/stable"]\n' if origin else "")
     )
@@ -43,15 +48,28 @@ def _config(tmp_path: Path, keyring: Path, origin: str = "") -> Path:
 
 
 def test_pull_from_a_file_url_verifies_and_stores_a_whole_commit(
-    tmp_path: Path, mirror: tuple[Path, str], gpg_keys: GpgKeys, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    mirror: tuple[Path, str],
+    gpg_keys: GpgKeys,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # On both index backends: the pull records its lease, transfer and commits there.
     source, commit = mirror
-    config = _config(tmp_path, gpg_keys.trusted.keyring)
+    config = _config(tmp_path, gpg_keys.trusted.keyring, database=database_url)
     assert lanshare("pull", "os/stable", "--from", source.as_uri(), "--config", config, "--json") == 0
     assert json.loads(capsys.readouterr().out)["commit"] == commit
     assert Repo.open(tmp_path / "repo").read_ref("os/stable") == commit
     # What lanshare stored is whole by the oracle's standard too.
     ostree("fsck", f"--repo={tmp_path / 'repo'}")
+    engine = open_index(database_url)
+    try:
+        with Session(engine) as session:
+            assert session.get_one(Commit, commit).complete
+            assert session.scalars(select(Transfer.state)).all() == [TransferState.DONE]
+            assert session.scalars(select(Lease)).all() == []
+    finally:
+        engine.dispose()
 
 
 def test_origin_file_url_in_the_config_is_followed(

@@ -122,8 +122,9 @@ def db_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(db_file: Path) -> Iterator[sa.Engine]:
-    engine = open_index(sqlite_url(db_file))
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """The index on each backend: SQLite, and a live PostgreSQL (tests/postgres.py)."""
+    engine = open_index(database_url)
     yield engine
     engine.dispose()
 
@@ -198,10 +199,10 @@ def test_downgrade_to_base_and_up_again(engine: sa.Engine) -> None:
 
 
 def test_one_step_round_trip_keeps_data(
-    tmp_path: Path, db_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with_revision_0002(tmp_path, monkeypatch, REVISION_0002)
-    engine = open_index(sqlite_url(db_file))
+    engine = open_index(database_url)
     assert current_revision(engine) == "test_next"
     add_rows(engine)
     with engine.begin() as conn:
@@ -251,18 +252,18 @@ def test_sqlite_is_backed_up_before_an_upgrade(
 
 
 def test_failed_upgrade_leaves_the_database_as_it_was(
-    tmp_path: Path, db_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = open_index(sqlite_url(db_file))
+    old = open_index(database_url)
     add_rows(old)
     old.dispose()
 
     with_revision_0002(tmp_path, monkeypatch, FAILING_0002)
     with pytest.raises(RuntimeError, match="on purpose"):
-        open_index(sqlite_url(db_file))
+        open_index(database_url)
 
     monkeypatch.undo()
-    engine = open_index(sqlite_url(db_file))
+    engine = open_index(database_url)
     assert current_revision(engine) == SHIPPED
     assert tables(engine) == INDEX_TABLES | {"alembic_version"}
     assert "ix_commits_parent" in {ix["name"] for ix in sa.inspect(engine).get_indexes("commits")}
