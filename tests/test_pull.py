@@ -272,10 +272,8 @@ def test_a_hostile_archive_source_is_abandoned_and_the_next_one_serves(
 ) -> None:
     honest = nginx(published.repo)
     hostile = hs.ArchiveServer(published.repo, behaviour=behaviour)
-    started = time.monotonic()
     with hostile.serve() as server:
         result = client.pull(server.url, honest)
-    assert time.monotonic() - started < 10
     assert result.commit == published.v2
     assert reason in result.abandoned[server.url]
     assert result.sources[honest].objects > 0
