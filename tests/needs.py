@@ -38,3 +38,16 @@ def need_root(why: str) -> None:
     """:func:`missing` unless running as root."""
     if os.geteuid() != 0:
         missing(f"not root: {why} needs root")
+
+
+def check(what: str) -> None:
+    """:func:`missing` unless ``what`` is here: ``"root"``, ``"namespaces"``, or a command's name."""
+    if what == "root":
+        need_root("this test")
+    elif what == "namespaces":
+        from lanshare.netns import unavailable_reason
+
+        if (reason := unavailable_reason()) is not None:
+            missing(reason)
+    else:
+        need_tool(what)

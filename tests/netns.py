@@ -33,6 +33,7 @@ from lanshare.netns import (
     remove_stale_namespaces,
     unavailable_reason,
 )
+from tests import needs
 
 __all__ = [
     "HOST_NAMES",
@@ -97,7 +98,5 @@ def netns_lan_module() -> Iterator[NetnsLan]:
 
 
 def require_namespaces() -> None:
-    """Skip the calling test when namespaces cannot be made here."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    """Skip the calling test when namespaces cannot be made here (fail it under CI=true)."""
+    needs.check("namespaces")
