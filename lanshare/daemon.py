@@ -20,9 +20,19 @@ from contextlib import suppress
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy import Engine
 
 from lanshare import sdnotify
+from lanshare.appkeys import (
+    BACKGROUND,
+    CONFIG,
+    INDEX,
+    LAN_ADDRESS,
+    LAN_APP,
+    NODE_ID,
+    REPO,
+    SHARING,
+    DaemonError,
+)
 from lanshare.background import Background
 from lanshare.config import Config, ListenAddress
 from lanshare.discovery.advertise import advertise_ctx
@@ -38,26 +48,29 @@ from lanshare.status.app import status_listener_ctx
 
 log = logging.getLogger(__name__)
 
-CONFIG = web.AppKey("config", Config)
-NODE_ID = web.AppKey("node_id", str)
-REPO = web.AppKey("repo", Repo)
-INDEX = web.AppKey("index", Engine)
-LAN_APP = web.AppKey("lan_app", web.Application)
-LAN_ADDRESS = web.AppKey("lan_address", ListenAddress)
-# Whether this node shares right now ([sharing] share_on_battery / share_on_metered): the LAN
-# listener answers 503 while it is paused, and mDNS advertising subscribes to withdraw the adverts.
-SHARING = web.AppKey("sharing", SharingSwitch)
-BACKGROUND = web.AppKey("background", Background)
+# The keys and DaemonError live in lanshare.appkeys; re-exported for the daemon's users.
+__all__ = [
+    "BACKGROUND",
+    "CONFIG",
+    "INDEX",
+    "LAN_ADDRESS",
+    "LAN_ADDRESS_FILE",
+    "LAN_APP",
+    "NODE_ID",
+    "NODE_ID_FILE",
+    "REPO",
+    "SHARING",
+    "DaemonError",
+    "create_app",
+    "load_node_id",
+    "run",
+]
 
 NODE_ID_FILE = "node-id"
 # Where the bound LAN address ("host:port") is written once listening: with port 0 it is the
 # only way for another process to learn the port.
 LAN_ADDRESS_FILE = "lan-address"
 _NODE_ID_RE = re.compile(r"[0-9a-f]{32}")
-
-
-class DaemonError(Error):
-    """The daemon cannot start: a listener cannot bind, the state directory is unusable…"""
 
 
 def _write_file(path: Path, text: str, *, exclusive: bool = False) -> None:

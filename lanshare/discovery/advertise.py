@@ -342,8 +342,7 @@ ADVERTISER = web.AppKey("advertiser", Advertiser)
 
 async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx entry: the daemon's AsyncZeroconf (for advertise or discovery) and its adverts."""
-    # Imported here: lanshare.daemon imports this module to build its cleanup_ctx list.
-    from lanshare import daemon
+    from lanshare import appkeys as daemon
     from lanshare.server import HOLDINGS
 
     config = app[daemon.CONFIG].sharing

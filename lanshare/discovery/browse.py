@@ -221,8 +221,7 @@ class PeerBrowser:
 
 async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """The daemon's discovery: browse mDNS (unless switched off) and health-check every peer."""
-    # Imported here: lanshare.daemon imports this module to list it in create_app.
-    from lanshare.daemon import CONFIG, INDEX, NODE_ID
+    from lanshare.appkeys import CONFIG, INDEX, NODE_ID
 
     config = app[CONFIG].sharing
     if not config.discovery and not config.peers:
