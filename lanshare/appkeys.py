@@ -7,6 +7,8 @@ daemon that imports them.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from sqlalchemy import Engine
 
@@ -26,6 +28,9 @@ LAN_ADDRESS = web.AppKey("lan_address", ListenAddress)
 # listener answers 503 while it is paused, and mDNS advertising subscribes to withdraw the adverts.
 SHARING = web.AppKey("sharing", SharingSwitch)
 BACKGROUND = web.AppKey("background", Background)
+# Set to start the daemon again in the same process with a new node id (a cloned machine's twin
+# was found on the LAN, lanshare.discovery.clones): every resource that knows the id restarts.
+NEW_NODE_ID = web.AppKey("new_node_id", asyncio.Event)
 
 
 class DaemonError(Error):

@@ -28,6 +28,7 @@ from lanshare.appkeys import (
     INDEX,
     LAN_ADDRESS,
     LAN_APP,
+    NEW_NODE_ID,
     NODE_ID,
     REPO,
     SHARING,
@@ -56,6 +57,7 @@ __all__ = [
     "LAN_ADDRESS",
     "LAN_ADDRESS_FILE",
     "LAN_APP",
+    "NEW_NODE_ID",
     "NODE_ID",
     "NODE_ID_FILE",
     "REPO",
@@ -113,6 +115,17 @@ def load_node_id(state_dir: Path) -> str:
     except OSError as e:
         raise DaemonError(f"cannot keep the node id in {path}: {e.strerror or e}") from e
     return node_id
+
+
+def renew_node_id(state_dir: Path, old: str) -> str:
+    """Replace node id ``old`` with a new random one (unless the file already moved on); the new id."""
+    path = state_dir / NODE_ID_FILE
+    try:
+        if path.read_text().strip() == old:
+            _write_file(path, secrets.token_hex(16) + "\n")
+    except OSError as e:
+        raise DaemonError(f"cannot replace the node id in {path}: {e.strerror or e}") from e
+    return load_node_id(state_dir)
 
 
 async def _node_id(app: web.Application) -> AsyncIterator[None]:
@@ -203,14 +216,18 @@ async def _service_manager(app: web.Application) -> AsyncIterator[None]:
     # Last entry: everything above is up when READY=1 goes out, and STOPPING=1 is the first
     # thing shutdown does.  Outside systemd (no $NOTIFY_SOCKET) this does nothing.
     lan = app[LAN_ADDRESS]
-    sdnotify.notify(f"READY=1\nSTATUS=serving on {lan}")
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {lan} as node {app[NODE_ID]}")
     watchdog: asyncio.Task[None] | None = None
     if (interval := sdnotify.watchdog_interval()) is not None:
         watchdog = asyncio.create_task(_watchdog(interval), name="systemd watchdog")
     try:
         yield
     finally:
-        sdnotify.notify("STOPPING=1\nSTATUS=stopping")
+        if app[NEW_NODE_ID].is_set():
+            # systemd's reload protocol: RELOADING now, READY once the daemon is up again.
+            sdnotify.notify("RELOADING=1\nSTATUS=restarting with a new node id")
+        else:
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping")
         if watchdog is not None:
             watchdog.cancel()
             with suppress(asyncio.CancelledError):
@@ -225,10 +242,11 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, new_node_id: asyncio.Event | None = None) -> web.Application:
     """The daemon application, its resources in start order (they stop in reverse)."""
     app = web.Application()
     app[CONFIG] = config
+    app[NEW_NODE_ID] = new_node_id or asyncio.Event()
     app[SHARING] = SharingSwitch(config.sharing)
     app.cleanup_ctx.extend(
         [_node_id, _repo, _index, _lan_listener, advertise_ctx, discovery_ctx, status_listener_ctx]
@@ -247,12 +265,36 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(config), handle_signals=False)
     try:
-        await runner.setup()
-        await stop.wait()
-        log.info("stopping: in-flight responses get to finish")
+        while not stop.is_set():
+            renew = asyncio.Event()
+            old = await _run_once(config, stop, renew)
+            if stop.is_set() or not renew.is_set() or old is None:
+                break
+            new = await asyncio.to_thread(renew_node_id, config.state_dir, old)
+            log.warning("node id %s replaced by %s; starting again", old, new)
     finally:
-        await runner.cleanup()
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def _run_once(config: Config, stop: asyncio.Event, renew: asyncio.Event) -> str | None:
+    """One life of the daemon application: until ``stop``, or ``renew`` (a new node id is needed).
+
+    Returns the node id it ran with.
+    """
+    app = create_app(config, renew)
+    runner = web.AppRunner(app, handle_signals=False)
+    try:
+        await runner.setup()
+        waits = [asyncio.ensure_future(event.wait()) for event in (stop, renew)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if stop.is_set():
+            log.info("stopping: in-flight responses get to finish")
+    finally:
+        await runner.cleanup()
+    return app.get(NODE_ID)

@@ -195,6 +195,7 @@ class Advertiser:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._problem: str | None = None
+        self._registered_name: str | None = None
         # The same instance name under both types, unique on the LAN because the node id is.
         self.instance = f"lanshare-{node_id}"
         self.server = f"lanshare-{node_id}.local."
@@ -214,6 +215,10 @@ class Advertiser:
         else:
             ostree_txt = self.ostree_txt
         return lanshare_txt_from_info(snapshot.info), ostree_txt
+
+    def registered_name(self) -> str | None:
+        """The ``_lanshare._tcp`` service name last registered (probing may have renamed it)."""
+        return self._registered_name
 
     async def start(self) -> None:
         """Register both adverts (probing takes about 1.2 s), then watch for changes."""
@@ -239,6 +244,7 @@ class Advertiser:
                 )
             )
             self._infos = infos
+            self._registered_name = infos[LANSHARE_SERVICE].name
             self.lanshare_txt, self.ostree_txt = lanshare_txt, ostree_txt
             # Each register returns the task sending the announcements: done means they went out.
             await asyncio.gather(*pending)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from lanshare.discovery.advertise import LANSHARE_SERVICE, ZEROCONF
+from lanshare.discovery.clones import CloneGuard
 from lanshare.discovery.peers import HealthMonitor, PeerTable
 from lanshare.discovery.quiet_log import QuietLog
 from lanshare.discovery.txt import TxtError, decode_lanshare_txt
@@ -83,6 +84,8 @@ class PeerBrowser:
         self._retry: dict[str, float] = {}  # service name -> current retry delay
         self._retry_waiting: set[str] = set()  # names with a retry already scheduled
         self._queued: dict[str, None] = {}  # names waiting for a resolve slot, oldest first
+        # Called with the name, addresses and port of each advert of our node id (cloned machines).
+        self.on_own_id: Callable[[str, Sequence[str], int | None], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         """Start browsing (the browser calls back on the event loop)."""
@@ -167,6 +170,8 @@ class PeerBrowser:
             _quiet.warning(f"txt {name}", "advert %r has a bad TXT record (%s); ignored", name, e)
             return
         if txt.node_id == self.own_node_id:
+            if self.on_own_id is not None:
+                await self.on_own_id(name, usable_addresses(info), info.port)
             return
         addresses = usable_addresses(info)
         port = info.port
@@ -235,6 +240,7 @@ async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
         if config.discovery:
             # advertise_ctx starts the daemon's one AsyncZeroconf whenever discovery is on.
             browser = PeerBrowser(app[ZEROCONF], table, monitor, app[NODE_ID], session)
+            browser.on_own_id = CloneGuard.for_app(app).check
             monitor.resolver = browser.resolve_node
             await browser.start()
         checks = asyncio.get_running_loop().create_task(monitor.run(session))
