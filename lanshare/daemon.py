@@ -44,6 +44,7 @@ from lanshare.index.db import open_index
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.power import SharingSwitch
+from lanshare.ref_watch import ref_watch_ctx
 from lanshare.server import LanLimits, create_lan_app
 from lanshare.status.app import status_listener_ctx
 
@@ -251,8 +252,9 @@ def create_app(config: Config, new_node_id: asyncio.Event | None = None) -> web.
     app.cleanup_ctx.extend(
         [_node_id, _repo, _index, _lan_listener, advertise_ctx, discovery_ctx, status_listener_ctx]
     )
-    # Then background work (origin poll, LAN convergence, retention), once peers can be found…
-    app.cleanup_ctx.append(_background)
+    # Then background work (origin poll, LAN convergence, retention), once peers can be found, and
+    # the summary kept up with refs other processes change…
+    app.cleanup_ctx.extend([_background, ref_watch_ctx])
     # …and, always last, telling systemd we are ready (and, first on shutdown, stopping).
     app.cleanup_ctx.append(_service_manager)
     return app
