@@ -17,7 +17,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from lanshare.index import sync
+from lanshare.index import holders, sync
 from lanshare.index.db import open_index
 from lanshare.index.holders import Holder, this_process
 from lanshare.index.models import Lease, utcnow
@@ -123,8 +123,21 @@ def _lease(holder: Holder) -> Lease:
         ({"host": "another-machine"}, False),  # a shared index: not ours to judge, it expires
         ({"pid_ns": -1}, False),  # another PID namespace: its PIDs mean nothing here
         ({"pid": 2**22 + 1}, True),  # above pid_max: no such process
+        ({"pid": 2**22 + 1, "boot_id": "btime:1"}, True),  # no such process, whatever the boot
+        ({"boot_id": "btime:1"}, False),  # a live PID, a boot that cannot be compared: kept
+        ({"pid": 1, "start_ticks": None}, False),  # a live PID whose start time was not known
     ],
-    ids=["alive", "pid-reused", "rebooted", "other-host", "other-pid-namespace", "gone"],
+    ids=[
+        "alive",
+        "pid-reused",
+        "rebooted",
+        "other-host",
+        "other-pid-namespace",
+        "gone",
+        "gone-other-boot-kind",
+        "other-boot-kind",
+        "no-start-time",
+    ],
 )
 def test_dead_holders_are_told_from_live_ones(tmp_path: Path, change: dict[str, object], dead: bool) -> None:
     me = this_process()
@@ -142,3 +155,10 @@ def test_dead_holders_are_told_from_live_ones(tmp_path: Path, change: dict[str, 
             assert len(session.scalars(select(Lease)).all()) == (1 if dead else 2)
     finally:
         engine.dispose()
+
+
+def test_boot_time_estimates_compare_within_a_minute() -> None:
+    # Where systemd hides /proc/sys (ProcSubset=pid), the boot is named by its estimated time.
+    assert holders.same_boot("btime:1000", "btime:1045")
+    assert not holders.same_boot("btime:1000", "btime:1200")
+    assert not holders.same_kind("btime:1000", this_process().boot_id or "x")
