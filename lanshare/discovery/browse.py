@@ -45,19 +45,22 @@ MAX_WAITING = 8192
 
 
 def usable_addresses(info: AsyncServiceInfo) -> list[str]:
-    """The advert's addresses we can build a URL for: IPv4 first, then routable IPv6."""
+    """The advert's addresses we can build a URL for: IPv4, routable IPv6, then link-local IPv6."""
     v4: list[str] = []
     v6: list[str] = []
+    link_local: list[str] = []
     for address in info.ip_addresses_by_version(IPVersion.All):
         if address.is_multicast or address.is_unspecified:
             continue
         if isinstance(address, ipaddress.IPv6Address):
-            # A link-local address needs its interface in the URL; the peer has others.
             if not address.is_link_local:
                 v6.append(str(address))
+            elif address.scope_id:
+                # "fe80::1%2": reachable through the interface the advert was heard on.
+                link_local.append(str(address))
         else:
             v4.append(str(address))
-    return v4 + v6
+    return v4 + v6 + link_local
 
 
 class PeerBrowser:
