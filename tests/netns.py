@@ -11,7 +11,7 @@ import it into the test module: ``from tests.netns import netns_lan  # noqa: F40
 
 For a single host with nothing but loopback, the ``loopback_host`` fixture (one named namespace,
 host ``"solo"``) or :func:`loopback_command` (wraps one command in ``unshare -n`` with ``lo``
-up).  Everything here needs root; the fixtures skip with a reason if not.
+up).  Everything here needs root; the fixtures skip with a reason if not (under CI=true they fail).
 """
 
 from __future__ import annotations
