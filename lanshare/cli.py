@@ -240,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
+    finally:
+        # Only if a command opened one: importing it here would make every command load SQLAlchemy.
+        if (context := sys.modules.get("lanshare.context")) is not None:
+            context.Context.close_all()
 
 
 if __name__ == "__main__":

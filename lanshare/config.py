@@ -333,7 +333,7 @@ def _commit(value: object) -> str:
 
 
 _SQLALCHEMY_EXPECTED = (
-    'an SQLAlchemy URL like "sqlite:////var/lib/lanshare/index.sqlite" or "postgresql://host/db"'
+    'an SQLAlchemy URL like "sqlite:////var/lib/lanshare/index.sqlite" or "postgresql+psycopg://host/db"'
 )
 
 
@@ -357,6 +357,14 @@ def _database_url(value: object) -> str:
         url.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError):
         raise _Invalid(_SQLALCHEMY_EXPECTED, _hide_password(text)) from None
+    try:  # the driver is checked now, so a missing one stops a command before it creates anything
+        url.get_dialect().import_dbapi()
+    except ImportError as e:
+        hint = "pip install 'lanshare[postgresql]' and use postgresql+psycopg://"
+        expected = "a database URL whose driver is installed" + (
+            f" (for PostgreSQL: {hint})" if url.get_backend_name() == "postgresql" else ""
+        )
+        raise _Invalid(expected, f"{_hide_password(text)}, whose driver is missing ({e})") from None
     database = url.database or ""
     if (
         url.get_backend_name() == "sqlite"

@@ -14,6 +14,9 @@ from lanshare.ostree.repo import Repo
 if TYPE_CHECKING:  # SQLAlchemy costs ~0.15 s to import; commands without the index never load it
     from sqlalchemy import Engine
 
+# Engines opened by Context.index in this process, closed by the CLI when a command returns.
+_open_engines: list[Engine] = []
+
 
 class Context:
     """Lazily opened resources of one command invocation."""
@@ -41,7 +44,15 @@ class Context:
         """The index database, migrated to this version's schema."""
         from lanshare.index.db import open_index
 
-        return open_index(self.config.database.url)
+        engine = open_index(self.config.database.url)
+        _open_engines.append(engine)
+        return engine
+
+    @staticmethod
+    def close_all() -> None:
+        """Close the index connections commands opened (a PostgreSQL connection says goodbye)."""
+        while _open_engines:
+            _open_engines.pop().dispose()
 
     @staticmethod
     def now() -> float:

@@ -20,9 +20,20 @@ from contextlib import suppress
 from pathlib import Path
 
 from aiohttp import web
-from sqlalchemy import Engine
 
 from lanshare import sdnotify
+from lanshare.appkeys import (
+    BACKGROUND,
+    CONFIG,
+    INDEX,
+    LAN_ADDRESS,
+    LAN_APP,
+    NEW_NODE_ID,
+    NODE_ID,
+    REPO,
+    SHARING,
+    DaemonError,
+)
 from lanshare.background import Background
 from lanshare.config import Config, ListenAddress
 from lanshare.discovery.advertise import advertise_ctx
@@ -33,31 +44,36 @@ from lanshare.index.db import open_index
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.power import SharingSwitch
+from lanshare.ref_watch import ref_watch_ctx
 from lanshare.server import LanLimits, create_lan_app
 from lanshare.status.app import status_listener_ctx
 
 log = logging.getLogger(__name__)
 
-CONFIG = web.AppKey("config", Config)
-NODE_ID = web.AppKey("node_id", str)
-REPO = web.AppKey("repo", Repo)
-INDEX = web.AppKey("index", Engine)
-LAN_APP = web.AppKey("lan_app", web.Application)
-LAN_ADDRESS = web.AppKey("lan_address", ListenAddress)
-# Whether this node shares right now ([sharing] share_on_battery / share_on_metered): the LAN
-# listener answers 503 while it is paused, and mDNS advertising subscribes to withdraw the adverts.
-SHARING = web.AppKey("sharing", SharingSwitch)
-BACKGROUND = web.AppKey("background", Background)
+# The keys and DaemonError live in lanshare.appkeys; re-exported for the daemon's users.
+__all__ = [
+    "BACKGROUND",
+    "CONFIG",
+    "INDEX",
+    "LAN_ADDRESS",
+    "LAN_ADDRESS_FILE",
+    "LAN_APP",
+    "NEW_NODE_ID",
+    "NODE_ID",
+    "NODE_ID_FILE",
+    "REPO",
+    "SHARING",
+    "DaemonError",
+    "create_app",
+    "load_node_id",
+    "run",
+]
 
 NODE_ID_FILE = "node-id"
 # Where the bound LAN address ("host:port") is written once listening: with port 0 it is the
 # only way for another process to learn the port.
 LAN_ADDRESS_FILE = "lan-address"
 _NODE_ID_RE = re.compile(r"[0-9a-f]{32}")
-
-
-class DaemonError(Error):
-    """The daemon cannot start: a listener cannot bind, the state directory is unusable…"""
 
 
 def _write_file(path: Path, text: str, *, exclusive: bool = False) -> None:
@@ -102,6 +118,17 @@ def load_node_id(state_dir: Path) -> str:
     return node_id
 
 
+def renew_node_id(state_dir: Path, old: str) -> str:
+    """Replace node id ``old`` with a new random one (unless the file already moved on); the new id."""
+    path = state_dir / NODE_ID_FILE
+    try:
+        if path.read_text().strip() == old:
+            _write_file(path, secrets.token_hex(16) + "\n")
+    except OSError as e:
+        raise DaemonError(f"cannot replace the node id in {path}: {e.strerror or e}") from e
+    return load_node_id(state_dir)
+
+
 async def _node_id(app: web.Application) -> AsyncIterator[None]:
     app[NODE_ID] = await asyncio.to_thread(load_node_id, app[CONFIG].state_dir)
     log.info("node id %s", app[NODE_ID])
@@ -135,6 +162,9 @@ async def _index(app: web.Application) -> AsyncIterator[None]:
     )
     if stale:
         log.info("%d transfers left running by a stopped process marked failed", stale)
+    # Their leases would keep what they were pulling from retention until they expire.
+    if dead := await asyncio.to_thread(sync.drop_dead_leases, engine):
+        log.info("%d leases of pulls whose process is gone dropped", dead)
     try:
         yield
     finally:
@@ -187,14 +217,18 @@ async def _service_manager(app: web.Application) -> AsyncIterator[None]:
     # Last entry: everything above is up when READY=1 goes out, and STOPPING=1 is the first
     # thing shutdown does.  Outside systemd (no $NOTIFY_SOCKET) this does nothing.
     lan = app[LAN_ADDRESS]
-    sdnotify.notify(f"READY=1\nSTATUS=serving on {lan}")
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {lan} as node {app[NODE_ID]}")
     watchdog: asyncio.Task[None] | None = None
     if (interval := sdnotify.watchdog_interval()) is not None:
         watchdog = asyncio.create_task(_watchdog(interval), name="systemd watchdog")
     try:
         yield
     finally:
-        sdnotify.notify("STOPPING=1\nSTATUS=stopping")
+        if app[NEW_NODE_ID].is_set():
+            # systemd's reload protocol: RELOADING now, READY once the daemon is up again.
+            sdnotify.notify("RELOADING=1\nSTATUS=restarting with a new node id")
+        else:
+            sdnotify.notify("STOPPING=1\nSTATUS=stopping")
         if watchdog is not None:
             watchdog.cancel()
             with suppress(asyncio.CancelledError):
@@ -209,16 +243,18 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, new_node_id: asyncio.Event | None = None) -> web.Application:
     """The daemon application, its resources in start order (they stop in reverse)."""
     app = web.Application()
     app[CONFIG] = config
+    app[NEW_NODE_ID] = new_node_id or asyncio.Event()
     app[SHARING] = SharingSwitch(config.sharing)
     app.cleanup_ctx.extend(
         [_node_id, _repo, _index, _lan_listener, advertise_ctx, discovery_ctx, status_listener_ctx]
     )
-    # Then background work (origin poll, LAN convergence, retention), once peers can be found…
-    app.cleanup_ctx.append(_background)
+    # Then background work (origin poll, LAN convergence, retention), once peers can be found, and
+    # the summary kept up with refs other processes change…
+    app.cleanup_ctx.extend([_background, ref_watch_ctx])
     # …and, always last, telling systemd we are ready (and, first on shutdown, stopping).
     app.cleanup_ctx.append(_service_manager)
     return app
@@ -231,12 +267,36 @@ async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(create_app(config), handle_signals=False)
     try:
-        await runner.setup()
-        await stop.wait()
-        log.info("stopping: in-flight responses get to finish")
+        while not stop.is_set():
+            renew = asyncio.Event()
+            old = await _run_once(config, stop, renew)
+            if stop.is_set() or not renew.is_set() or old is None:
+                break
+            new = await asyncio.to_thread(renew_node_id, config.state_dir, old)
+            log.warning("node id %s replaced by %s; starting again", old, new)
     finally:
-        await runner.cleanup()
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def _run_once(config: Config, stop: asyncio.Event, renew: asyncio.Event) -> str | None:
+    """One life of the daemon application: until ``stop``, or ``renew`` (a new node id is needed).
+
+    Returns the node id it ran with.
+    """
+    app = create_app(config, renew)
+    runner = web.AppRunner(app, handle_signals=False)
+    try:
+        await runner.setup()
+        waits = [asyncio.ensure_future(event.wait()) for event in (stop, renew)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if stop.is_set():
+            log.info("stopping: in-flight responses get to finish")
+    finally:
+        await runner.cleanup()
+    return app.get(NODE_ID)

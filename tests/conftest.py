@@ -13,15 +13,32 @@ import pytest
 
 from lanshare.cli import main as lanshare_main
 from lanshare.discovery.mdns_guard import GUARD_ENV, check_mdns_binding, guard_value
+from tests import needs
 
-pytest_plugins = ["tests.gpg_fixtures"]
+pytest_plugins = ["tests.gpg_fixtures", "tests.postgres"]
 
 # No test may speak mDNS on the machine's real interfaces.  Every process the suite starts inherits
 # this, and lanshare's zeroconf start refuses to bind a real interface in the host's namespace.
 os.environ.setdefault(GUARD_ENV, guard_value())
 
 OSTREE = shutil.which("ostree")
-requires_ostree = pytest.mark.skipif(OSTREE is None, reason="the ostree CLI is not installed")
+requires_ostree = pytest.mark.needs("ostree")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the ``needs`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "needs(*what): commands, 'root' or 'namespaces' the test needs; without them it is skipped, "
+        "or fails under CI=true (tests/needs.py)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Check each test's ``needs`` marks before it runs."""
+    for marker in item.iter_markers("needs"):
+        for what in marker.args:
+            needs.check(what)
 
 
 def ostree(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

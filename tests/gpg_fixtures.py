@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lanshare.ostree.signing import export_public_keyring
+from tests.needs import need_tool
 
 GPG = shutil.which("gpg")
 
@@ -55,8 +56,8 @@ def _generate(homedir: Path, uid: str, keyring: Path) -> GpgKey:
 @pytest.fixture(scope="session")
 def gpg_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpgKeys]:
     """Two fresh ed25519 signing keys; the gpg-agent they start is killed at the end of the session."""
-    if GPG is None or shutil.which("gpgv") is None:
-        pytest.skip("gpg/gpgv not installed (apt-get install gnupg)")
+    need_tool("gpg")
+    need_tool("gpgv")
     base = tmp_path_factory.mktemp("gpg")
     homedir = base / "home"
     homedir.mkdir(mode=0o700)

@@ -11,7 +11,7 @@ import it into the test module: ``from tests.netns import netns_lan  # noqa: F40
 
 For a single host with nothing but loopback, the ``loopback_host`` fixture (one named namespace,
 host ``"solo"``) or :func:`loopback_command` (wraps one command in ``unshare -n`` with ``lo``
-up).  Everything here needs root; the fixtures skip with a reason if not.
+up).  Everything here needs root; the fixtures skip with a reason if not (under CI=true they fail).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from lanshare.netns import (
     remove_stale_namespaces,
     unavailable_reason,
 )
+from tests import needs
 
 __all__ = [
     "HOST_NAMES",
@@ -97,7 +98,5 @@ def netns_lan_module() -> Iterator[NetnsLan]:
 
 
 def require_namespaces() -> None:
-    """Skip the calling test when namespaces cannot be made here."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    """Skip the calling test when namespaces cannot be made here (fail it under CI=true)."""
+    needs.check("namespaces")

@@ -92,7 +92,7 @@ path = "/srv/lanshare/repo"
 collection_id = "com.example.Os"
 
 [database]
-url = "postgresql://lanshare@db.example.com/lanshare"
+url = "postgresql+psycopg://lanshare@db.example.com/lanshare"
 
 [origin]
 url = "https://ostree.example.com/repo"
@@ -146,7 +146,7 @@ def test_full_file_round_trips_into_dataclasses(tmp_path: Path) -> None:
     assert loaded == Config(
         state_dir=Path("/var/lib/lanshare"),
         repo=RepoConfig(Path("/srv/lanshare/repo"), "com.example.Os"),
-        database=DatabaseConfig("postgresql://lanshare@db.example.com/lanshare"),
+        database=DatabaseConfig("postgresql+psycopg://lanshare@db.example.com/lanshare"),
         origin=OriginConfig(
             "https://ostree.example.com/repo",
             ("os/eos/amd64/stable", "os/eos/amd64/stable-v2"),
@@ -593,7 +593,7 @@ BAD: list[tuple[str, object, object, dict[str, str], str]] = [
         None,
         {},
         '{main}: database.url: expected an SQLAlchemy URL like "sqlite:////var/lib/lanshare/index.sqlite" '
-        'or "postgresql://host/db", got "postgresq://lanshare:***@db/lanshare"',
+        'or "postgresql+psycopg://host/db", got "postgresq://lanshare:***@db/lanshare"',
     ),
     (
         "relative SQLite path",
@@ -850,3 +850,26 @@ def test_port_0_asks_for_a_free_port_on_both_listeners(tmp_path: Path) -> None:
     text = '[sharing]\nlisten = "127.0.0.1:0"\n[status]\nlisten = "127.0.0.1:0"\n'
     loaded = load_config(write(tmp_path / "lanshare.toml", text), environ={})
     assert loaded.sharing.listen == loaded.status.listen == ListenAddress("127.0.0.1", 0)
+
+
+def test_a_missing_database_driver_stops_serve_before_it_creates_anything(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # pg8000 is a PostgreSQL driver lanshare does not depend on: not installed here.
+    main = write(tmp_path / "lanshare.toml", '[database]\nurl = "postgresql+pg8000://ls:pw@db/ls"\n')
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", "lanshare.cli", "serve", "--config", str(main)],
+        env={**os.environ, "LANSHARE_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert f"{main}: database.url:" in line
+    assert "pip install 'lanshare[postgresql]' and use postgresql+psycopg://" in line
+    assert "pw" not in line and "No module named 'pg8000'" in line
+    assert not state.exists()

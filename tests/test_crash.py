@@ -323,7 +323,7 @@ def _scenarios(world: World) -> dict[str, Scenario]:
         assert lanshare("reindex", "--config", m.config) == 0
 
     def at_previous_revision(m: Machine) -> None:
-        # The index one schema revision back (with only one revision so far: no schema at all).
+        # The index one schema revision back (leases without their holder process columns).
         engine = open_index(m.url)
         try:
             with engine.begin() as connection:

@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from lanshare.discovery.txt import decode_ostree_txt
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.summary import parse_summary
 from lanshare.server.holdings import compute_info
+from tests import needs
 from tests.conftest import build_tree, ostree
 from tests.gpg_fixtures import GpgKeys
 from tests.netns import NetnsLan, loopback_host_context, netns_lan_context, require_namespaces
@@ -348,8 +348,7 @@ class Avahi:
 
 def start_avahi(lan: NetnsLan, host: str, base: Path) -> Avahi:
     for tool in ("avahi-daemon", "avahi-browse", "dbus-daemon"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt: avahi-daemon avahi-utils dbus)")
+        needs.need_tool(tool)
     base.mkdir(parents=True, exist_ok=True)
     socket = base / "system_bus_socket"
     (base / "dbus.conf").write_text(DBUS_CONF.format(socket=socket))
@@ -392,19 +391,28 @@ def _unescape_avahi(text: str) -> bytes:
     return bytes(out)
 
 
-def avahi_resolved(lan: NetnsLan, avahi: Avahi, type_: str) -> dict[str, Any]:
-    """The one resolved service of ``type_`` that avahi-browse -rtp reports (retried briefly)."""
+def avahi_browse(lan: NetnsLan, avahi: Avahi, *args: str) -> list[str]:
+    """The lines avahi-browse prints on host c; a browse that failed (no D-Bus, no daemon) fails the test."""
+    done = lan.run("c", ["avahi-browse", *args], env=avahi.env, check=False, timeout=30)
+    assert done.returncode == 0, f"avahi-browse {' '.join(args)}: exit {done.returncode}: {done.stderr}"
+    return list(done.stdout.splitlines())
+
+
+def avahi_resolved(lan: NetnsLan, avahi: Avahi, type_: str, name: str | None = None) -> dict[str, Any]:
+    """The resolved service of ``type_`` (named ``name``) that avahi-browse -rtp reports (retried briefly)."""
     deadline = time.monotonic() + 20
     while True:
-        done = lan.run("c", ["avahi-browse", "-rtp", type_], env=avahi.env, check=False, timeout=30)
-        for line in done.stdout.splitlines():
+        lines = avahi_browse(lan, avahi, "-rtp", type_)
+        for line in lines:
             if line.startswith("="):
                 fields = line.split(";", 9)
+                if name is not None and fields[3] != name:
+                    continue
                 strings = re.findall(r'"((?:[^"\\]|\\.)*)"', fields[9])
                 # avahi lists TXT strings last to first.
                 txt = txt_strings(*(_unescape_avahi(s) for s in reversed(strings)))
                 return {"name": fields[3], "address": fields[7], "port": int(fields[8]), "txt": txt}
-        assert time.monotonic() < deadline, f"avahi-browse found no {type_}: {done.stdout}{done.stderr}"
+        assert time.monotonic() < deadline, f"avahi-browse found no {type_} {name or ''}: {lines}"
 
 
 @dataclass
@@ -477,16 +485,26 @@ def test_libostree_lan_finder_pulls_from_the_advert(
     assert missing.stdout.strip() == "No results.", missing.stdout + missing.stderr
 
 
-def test_graceful_stop_is_seen_by_avahi(avahi_lan: AvahiLan) -> None:
-    """Last of the module: SIGTERM sends goodbyes that avahi (not only zeroconf) acts on."""
+def test_graceful_stop_is_seen_by_avahi(tmp_path: Path, avahi_lan: AvahiLan) -> None:
+    """SIGTERM sends goodbyes that avahi (not only zeroconf) acts on (a daemon of its own, on b)."""
     lan, avahi = avahi_lan.lan, avahi_lan.avahi
-    avahi_resolved(lan, avahi, "_lanshare._tcp")
-    avahi_lan.proc.send_signal(signal.SIGTERM)
-    assert avahi_lan.proc.wait(30) == 0
-    deadline = time.monotonic() + 10
+    served = make_served(tmp_path / "b", "")
+    proc = start_daemon(lan, "b", served)
+    try:
+        name = f"lanshare-{served.node_id()}"
+        avahi_resolved(lan, avahi, "_lanshare._tcp", name)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 30
     while True:
-        done = lan.run("c", ["avahi-browse", "-tp", "_lanshare._tcp"], env=avahi.env, check=False, timeout=30)
-        if not any(line.startswith("+") for line in done.stdout.splitlines()):
+        lines = avahi_browse(lan, avahi, "-tp", "_lanshare._tcp")
+        if not any(line.startswith("+") and f";{name};" in line for line in lines):
             break
-        assert time.monotonic() < deadline, done.stdout
+        assert time.monotonic() < deadline, lines
         time.sleep(0.2)
+    # The module's daemon on a is untouched: still seen.
+    assert any(line.startswith("+") and ";lanshare-" in line for line in lines), lines

@@ -8,7 +8,6 @@ finish the pull once there is room again.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -26,9 +25,7 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 TMPFS_BYTES = 3 * 1024 * 1024
 BIG_BYTES = 8 * 1024 * 1024  # incompressible: cannot fit on the tmpfs
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare(1) for a tmpfs"
-)
+pytestmark = pytest.mark.needs("root", "unshare")  # a tmpfs in a mount namespace
 
 # Runs inside `unshare -m`: mounts the tmpfs, then drives the real CLI and daemon on it.  Prints one
 # JSON document with what it saw; the test asserts on it.

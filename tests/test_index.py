@@ -22,8 +22,9 @@ C3 = "c" * 64
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = open_index(f"sqlite:///{tmp_path / 'index.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    """The index on each backend: SQLite, and a live PostgreSQL (tests/postgres.py)."""
+    engine = open_index(database_url)
     yield engine
     engine.dispose()
 
@@ -205,11 +206,13 @@ def test_savepoint_rolls_back_only_its_part(session: Session) -> None:
     assert session.scalars(select(Commit.checksum)).all() == [C1]
 
 
-def test_sqlite_pragmas(engine: Engine) -> None:
+def test_sqlite_pragmas(tmp_path: Path) -> None:
+    engine = open_index(f"sqlite:///{tmp_path / 'index.db'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    engine.dispose()
 
 
 def test_missing_state_directory_is_created(tmp_path: Path) -> None:
@@ -228,8 +231,8 @@ def test_in_memory_database() -> None:
     engine.dispose()
 
 
-def test_daemons_opening_together_migrate_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
+def test_daemons_opening_together_migrate_once(database_url: str) -> None:
+    url = database_url
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []
 

@@ -11,7 +11,8 @@ import pytest
 from zeroconf import InterfaceChoice, Zeroconf
 
 from lanshare.discovery.mdns_guard import GUARD_ENV, HostMdnsForbidden, network_namespace_id
-from lanshare.netns import loopback_command, unavailable_reason
+from lanshare.netns import loopback_command
+from tests import needs
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +42,7 @@ def test_a_tests_own_zeroconf_on_real_interfaces_fails(interfaces: object) -> No
 
 
 def test_inside_a_namespace_the_test_made_every_interface_is_allowed() -> None:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
+    needs.check("namespaces")
     code = (
         "from zeroconf import InterfaceChoice\n"
         "from lanshare.discovery.mdns_guard import check_mdns_binding\n"

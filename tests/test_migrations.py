@@ -38,23 +38,24 @@ from lanshare.index.models import Base, Commit, Peer, Pin, PinSource, Ref
 INDEX_TABLES = {"commits", "refs", "pins", "leases", "peers", "transfers"}
 C1 = "a" * 64
 C2 = "b" * 64
+SHIPPED = head_revision()
 ROOT = Path(__file__).resolve().parent.parent
 
-# A second revision that exists only in these tests: the shipped history has one revision, and
-# backups and one-step round trips need an older revision to start from.  It alters a table that
+# The newest shipped revision, and a next one that exists only in these tests: backups and
+# one-step round trips need an older revision to start from.  It alters a table that
 # holds data, in batch mode, which on SQLite recreates the table both ways.
 REVISION_0002 = '''
 """Test only: a column and an index on commits.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: test_next
+Revises: SHIPPED_HEAD
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "test_next"
+down_revision = "SHIPPED_HEAD"
 branch_labels = None
 depends_on = None
 
@@ -75,15 +76,15 @@ def downgrade() -> None:
 FAILING_0002 = '''
 """Test only: fails after creating a table.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: test_next
+Revises: SHIPPED_HEAD
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "test_next"
+down_revision = "SHIPPED_HEAD"
 branch_labels = None
 depends_on = None
 
@@ -108,10 +109,10 @@ def tables(engine: sa.Engine) -> set[str]:
 
 
 def with_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
-    """Make open_index see the shipped migrations plus a test-only revision 0002."""
+    """Make open_index see the shipped migrations plus a test-only next revision."""
     scripts = tmp_path / "migrations"
     shutil.copytree(script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test.py").write_text(source)
+    (scripts / "versions" / "test_next.py").write_text(source.replace("SHIPPED_HEAD", SHIPPED))
     monkeypatch.setattr(lanshare.index.db, "script_location", lambda: scripts)
 
 
@@ -121,8 +122,9 @@ def db_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(db_file: Path) -> Iterator[sa.Engine]:
-    engine = open_index(sqlite_url(db_file))
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """The index on each backend: SQLite, and a live PostgreSQL (tests/postgres.py)."""
+    engine = open_index(database_url)
     yield engine
     engine.dispose()
 
@@ -197,18 +199,18 @@ def test_downgrade_to_base_and_up_again(engine: sa.Engine) -> None:
 
 
 def test_one_step_round_trip_keeps_data(
-    tmp_path: Path, db_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with_revision_0002(tmp_path, monkeypatch, REVISION_0002)
-    engine = open_index(sqlite_url(db_file))
-    assert current_revision(engine) == "0002"
+    engine = open_index(database_url)
+    assert current_revision(engine) == "test_next"
     add_rows(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE commits SET note = 'kept'"))
 
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "-1")
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == SHIPPED
     assert "note" not in {c["name"] for c in sa.inspect(engine).get_columns("commits")}
     with session_factory(engine)() as session:
         commit = session.get_one(Commit, C1)
@@ -233,13 +235,13 @@ def test_sqlite_is_backed_up_before_an_upgrade(
 
     with_revision_0002(tmp_path, monkeypatch, REVISION_0002)
     new = open_index(sqlite_url(db_file))
-    assert current_revision(new) == "0002"
+    assert current_revision(new) == "test_next"
     new.dispose()
 
-    backup = tmp_path / "index.db.bak-0001"
+    backup = tmp_path / f"index.db.bak-{SHIPPED}"
     assert [p.name for p in tmp_path.glob("index.db.bak-*")] == [backup.name]
     with closing(sqlite3.connect(backup)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(SHIPPED,)]
         assert conn.execute("SELECT checksum FROM commits").fetchall() == [(C1,)]
         # One self-contained file, whatever the live database's journal mode.
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
@@ -250,19 +252,19 @@ def test_sqlite_is_backed_up_before_an_upgrade(
 
 
 def test_failed_upgrade_leaves_the_database_as_it_was(
-    tmp_path: Path, db_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = open_index(sqlite_url(db_file))
+    old = open_index(database_url)
     add_rows(old)
     old.dispose()
 
     with_revision_0002(tmp_path, monkeypatch, FAILING_0002)
     with pytest.raises(RuntimeError, match="on purpose"):
-        open_index(sqlite_url(db_file))
+        open_index(database_url)
 
     monkeypatch.undo()
-    engine = open_index(sqlite_url(db_file))
-    assert current_revision(engine) == "0001"
+    engine = open_index(database_url)
+    assert current_revision(engine) == SHIPPED
     assert tables(engine) == INDEX_TABLES | {"alembic_version"}
     assert "ix_commits_parent" in {ix["name"] for ix in sa.inspect(engine).get_indexes("commits")}
     with session_factory(engine)() as session:

@@ -227,11 +227,9 @@ def test_sigterm_lets_an_in_flight_transfer_finish_then_exits_0(tmp_path: Path, 
     fetcher = threading.Thread(target=fetch)
     fetcher.start()
     assert sending.wait(10)
-    started = time.monotonic()
     assert _stop(server) == 0, server.log.read_text()
-    # It waited for the transfer (~0.7 s still to go at that rate), and not much longer.
-    assert 0.3 < time.monotonic() - started < 5
-    fetcher.join(10)
+    # It let the transfer in flight finish: the client has every byte.
+    fetcher.join(30)
     assert received == [path.read_bytes()]
     assert not (server.state / daemon.LAN_ADDRESS_FILE).exists()
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imported by pytest as a plugin: importing it here first wou
     from tests.gpg_fixtures import GpgKeys
 
 
-pytestmark = pytest.mark.skipif(shutil.which("ostree") is None, reason="the ostree CLI is not installed")
+pytestmark = pytest.mark.needs("ostree")
 
 
 def ostree(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import hashlib
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from lanshare.ostree.summary import (
     parse_summary,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("ostree") is None, reason="the ostree CLI is not installed")
+pytestmark = pytest.mark.needs("ostree")
 
 T_STABLE = 1_600_000_000
 T_BETA = 1_650_000_000

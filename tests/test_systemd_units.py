@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
+
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "lanshare.service"
 SHIPPED_EXEC_START = "ExecStart=/usr/local/bin/lanshare serve"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze missing: .ci/setup installs systemd"
-)
+pytestmark = pytest.mark.needs("systemd-analyze")
 
 
 def _lanshare_script() -> Path:
@@ -75,9 +75,7 @@ def test_security_exposure_is_at_most_4(unit: Path) -> None:
 
 
 def test_sysusers_snippet_creates_the_unit_user(tmp_path: Path) -> None:
-    sysusers = shutil.which("systemd-sysusers")
-    if sysusers is None:
-        pytest.skip("systemd-sysusers missing")
+    sysusers = needs.need_tool("systemd-sysusers")
     (tmp_path / "etc").mkdir()
     conf = SYSTEMD_DIR / "lanshare.sysusers.conf"
     subprocess.run([sysusers, f"--root={tmp_path}", str(conf)], check=True, capture_output=True)

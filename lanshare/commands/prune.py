@@ -46,6 +46,7 @@ def _print(report: PruneReport) -> None:
 def run_prune(args: argparse.Namespace) -> int:
     """Prune the configured (or ``--repo``) repository, then bring the index up to date."""
     ctx = Context.from_args(args)
+    sync.drop_dead_leases(ctx.index)  # a killed pull's lease no longer blocks retention
     report = prune(ctx.repo, policy_for(ctx), dry_run=args.dry_run)
     if not args.dry_run:
         sync.reindex(ctx.index, ctx.repo)

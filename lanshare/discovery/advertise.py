@@ -78,17 +78,24 @@ class AdvertError(Error):
 
 @dataclass(frozen=True)
 class Binding:
-    """Where mDNS runs: the addresses zeroconf binds to and the ones advertised in A records."""
+    """Where mDNS runs: the addresses zeroconf binds to and the ones advertised in A/AAAA records."""
 
     bind: list[str] | InterfaceChoice
     advertised: list[str]
+    ip_version: IPVersion = IPVersion.V4Only
 
 
-def _ipv4_by_interface() -> dict[str, list[str]]:
-    return {
-        adapter.nice_name: [ip.ip for ip in adapter.ips if ip.is_IPv4 and isinstance(ip.ip, str)]
-        for adapter in ifaddr.get_adapters()
-    }
+def _by_interface(version: int) -> dict[str, list[str]]:
+    """Each interface's addresses of one IP version (IPv6 without scope: records carry none)."""
+    found: dict[str, list[str]] = {}
+    for adapter in ifaddr.get_adapters():
+        addresses = found.setdefault(adapter.nice_name, [])
+        for ip in adapter.ips:
+            if version == 4 and ip.is_IPv4 and isinstance(ip.ip, str):
+                addresses.append(ip.ip)
+            elif version == 6 and ip.is_IPv6 and isinstance(ip.ip, tuple):
+                addresses.append(ip.ip[0])
+    return found
 
 
 def _is_loopback(address: str) -> bool:
@@ -96,8 +103,22 @@ def _is_loopback(address: str) -> bool:
 
 
 def resolve_interfaces(interfaces: Sequence[str], listen_host: str) -> Binding:
-    """The :class:`Binding` for ``[sharing] interfaces`` and the LAN listener's host (blocking)."""
-    available = _ipv4_by_interface()
+    """The :class:`Binding` for ``[sharing] interfaces`` and the LAN listener's host (blocking).
+
+    IPv6 is advertised when the listener takes it: ``[::]`` (which takes IPv4 too), an IPv6
+    address, or a host name; link-local addresses included, which peers reach through the
+    interface they heard the advert on.
+    """
+    try:
+        listen = ipaddress.ip_address(listen_host)
+    except ValueError:
+        listen = None
+    want_v4 = listen is None or listen.version == 4 or listen.is_unspecified
+    want_v6 = listen is None or listen.version == 6
+    v4, v6 = _by_interface(4), _by_interface(6)
+    available = {name: (v4.get(name, []) if want_v4 else []) + (v6.get(name, []) if want_v6 else [])
+                 for name in v4.keys() | v6.keys()}  # fmt: skip
+    families = "IPv4 or IPv6" if want_v6 else "IPv4"
     if interfaces:
         unknown = [name for name in interfaces if name not in available]
         if unknown:
@@ -107,24 +128,24 @@ def resolve_interfaces(interfaces: Sequence[str], listen_host: str) -> Binding:
             )
         addresses = [a for name in interfaces for a in available[name]]
         if not addresses:
-            raise AdvertError(f"[sharing] interfaces: {', '.join(interfaces)} have no IPv4 address")
+            raise AdvertError(f"[sharing] interfaces: {', '.join(interfaces)} have no {families} address")
+        # zeroconf takes IPv4 addresses, and IPv6 ones it maps to their interfaces.
         bind: list[str] | InterfaceChoice = addresses
     else:
         addresses = sorted({a for found in available.values() for a in found})
         if not addresses:
-            raise AdvertError("no network interface has an IPv4 address to advertise on")
+            raise AdvertError(f"no network interface has an {families} address to advertise on")
         bind = InterfaceChoice.All
-    try:
-        listen = ipaddress.ip_address(listen_host)
-    except ValueError:
-        listen = None
+    has_v4 = any(ipaddress.ip_address(a).version == 4 for a in addresses)
+    has_v6 = any(ipaddress.ip_address(a).version == 6 for a in addresses)
+    ip_version = IPVersion.All if has_v4 and has_v6 else IPVersion.V6Only if has_v6 else IPVersion.V4Only
     if listen is not None and not listen.is_unspecified:
         # A listener bound to one address is reachable only there.
         advertised = [listen_host]
     else:
         # A peer that resolved 127.0.0.1 would only reach itself: loopback only when alone.
         advertised = [a for a in addresses if not _is_loopback(a)] or addresses
-    return Binding(bind, advertised)
+    return Binding(bind, advertised, ip_version)
 
 
 def _summary_facts(repo: Repo) -> tuple[int, list[tuple[str, str]]]:
@@ -195,6 +216,7 @@ class Advertiser:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._problem: str | None = None
+        self._registered_name: str | None = None
         # The same instance name under both types, unique on the LAN because the node id is.
         self.instance = f"lanshare-{node_id}"
         self.server = f"lanshare-{node_id}.local."
@@ -214,6 +236,10 @@ class Advertiser:
         else:
             ostree_txt = self.ostree_txt
         return lanshare_txt_from_info(snapshot.info), ostree_txt
+
+    def registered_name(self) -> str | None:
+        """The ``_lanshare._tcp`` service name last registered (probing may have renamed it)."""
+        return self._registered_name
 
     async def start(self) -> None:
         """Register both adverts (probing takes about 1.2 s), then watch for changes."""
@@ -239,6 +265,7 @@ class Advertiser:
                 )
             )
             self._infos = infos
+            self._registered_name = infos[LANSHARE_SERVICE].name
             self.lanshare_txt, self.ostree_txt = lanshare_txt, ostree_txt
             # Each register returns the task sending the announcements: done means they went out.
             await asyncio.gather(*pending)
@@ -342,8 +369,7 @@ ADVERTISER = web.AppKey("advertiser", Advertiser)
 
 async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx entry: the daemon's AsyncZeroconf (for advertise or discovery) and its adverts."""
-    # Imported here: lanshare.daemon imports this module to build its cleanup_ctx list.
-    from lanshare import daemon
+    from lanshare import appkeys as daemon
     from lanshare.server import HOLDINGS
 
     config = app[daemon.CONFIG].sharing
@@ -354,7 +380,7 @@ async def advertise_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         binding = await asyncio.to_thread(resolve_interfaces, config.interfaces, listen.host)
         check_mdns_binding(binding.bind)
-        aiozc = AsyncZeroconf(interfaces=binding.bind, ip_version=IPVersion.V4Only)
+        aiozc = AsyncZeroconf(interfaces=binding.bind, ip_version=binding.ip_version)
     except OSError as e:
         raise daemon.DaemonError(f"cannot start mDNS ([sharing] interfaces): {e.strerror or e}") from e
     except (AdvertError, HostMdnsForbidden) as e:

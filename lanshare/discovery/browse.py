@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from lanshare.discovery.advertise import LANSHARE_SERVICE, ZEROCONF
+from lanshare.discovery.clones import CloneGuard
 from lanshare.discovery.peers import HealthMonitor, PeerTable
 from lanshare.discovery.quiet_log import QuietLog
 from lanshare.discovery.txt import TxtError, decode_lanshare_txt
@@ -44,19 +45,22 @@ MAX_WAITING = 8192
 
 
 def usable_addresses(info: AsyncServiceInfo) -> list[str]:
-    """The advert's addresses we can build a URL for: IPv4 first, then routable IPv6."""
+    """The advert's addresses we can build a URL for: IPv4, routable IPv6, then link-local IPv6."""
     v4: list[str] = []
     v6: list[str] = []
+    link_local: list[str] = []
     for address in info.ip_addresses_by_version(IPVersion.All):
         if address.is_multicast or address.is_unspecified:
             continue
         if isinstance(address, ipaddress.IPv6Address):
-            # A link-local address needs its interface in the URL; the peer has others.
             if not address.is_link_local:
                 v6.append(str(address))
+            elif address.scope_id:
+                # "fe80::1%2": reachable through the interface the advert was heard on.
+                link_local.append(str(address))
         else:
             v4.append(str(address))
-    return v4 + v6
+    return v4 + v6 + link_local
 
 
 class PeerBrowser:
@@ -83,6 +87,8 @@ class PeerBrowser:
         self._retry: dict[str, float] = {}  # service name -> current retry delay
         self._retry_waiting: set[str] = set()  # names with a retry already scheduled
         self._queued: dict[str, None] = {}  # names waiting for a resolve slot, oldest first
+        # Called with the name, addresses and port of each advert of our node id (cloned machines).
+        self.on_own_id: Callable[[str, Sequence[str], int | None], Awaitable[None]] | None = None
 
     async def start(self) -> None:
         """Start browsing (the browser calls back on the event loop)."""
@@ -167,6 +173,8 @@ class PeerBrowser:
             _quiet.warning(f"txt {name}", "advert %r has a bad TXT record (%s); ignored", name, e)
             return
         if txt.node_id == self.own_node_id:
+            if self.on_own_id is not None:
+                await self.on_own_id(name, usable_addresses(info), info.port)
             return
         addresses = usable_addresses(info)
         port = info.port
@@ -221,8 +229,7 @@ class PeerBrowser:
 
 async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     """The daemon's discovery: browse mDNS (unless switched off) and health-check every peer."""
-    # Imported here: lanshare.daemon imports this module to list it in create_app.
-    from lanshare.daemon import CONFIG, INDEX, NODE_ID
+    from lanshare.appkeys import CONFIG, INDEX, NODE_ID
 
     config = app[CONFIG].sharing
     if not config.discovery and not config.peers:
@@ -236,6 +243,7 @@ async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
         if config.discovery:
             # advertise_ctx starts the daemon's one AsyncZeroconf whenever discovery is on.
             browser = PeerBrowser(app[ZEROCONF], table, monitor, app[NODE_ID], session)
+            browser.on_own_id = CloneGuard.for_app(app).check
             monitor.resolver = browser.resolve_node
             await browser.start()
         checks = asyncio.get_running_loop().create_task(monitor.run(session))

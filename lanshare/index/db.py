@@ -39,6 +39,10 @@ BUSY_TIMEOUT_MS = 10_000
 SQLITE_BEGIN = "lanshare_sqlite_begin"
 
 
+# The PostgreSQL advisory lock key that serialises migrations ("lanshare" in ASCII, as an integer).
+_MIGRATION_LOCK = int.from_bytes(b"lanshare", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 class IndexDatabaseError(Error):
     """The index database cannot be opened or its schema cannot be migrated."""
 
@@ -151,6 +155,9 @@ def _migrate(engine: Engine, sqlite_file: Path | None) -> None:
     with engine.connect() as connection:
         connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
         with connection.begin():
+            if connection.dialect.name == "postgresql":
+                # PostgreSQL's equivalent: a transaction-scoped lock every lanshare takes first.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
             cfg = alembic_config(connection)
             script = ScriptDirectory.from_config(cfg)
             current = MigrationContext.configure(connection).get_current_heads()

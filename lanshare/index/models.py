@@ -213,6 +213,13 @@ class Lease(Base):
     commit: Mapped[str] = mapped_column(String(CHECKSUM_LENGTH))
     holder: Mapped[str] = mapped_column(String(NAME_LENGTH))
     expires_at: Mapped[dt.datetime]
+    # The holder process (see lanshare.index.holders), so that a lease of a pull that was killed
+    # is dropped at once instead of blocking prune until it expires.  NULL on leases from before.
+    pid: Mapped[int | None] = mapped_column(Integer)
+    start_ticks: Mapped[int | None] = mapped_column(BigInteger)
+    boot_id: Mapped[str | None] = mapped_column(String(36))
+    pid_ns: Mapped[int | None] = mapped_column(BigInteger)
+    host: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
 
     __table_args__ = (Index(None, "commit"), Index(None, "expires_at"))
 

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
 from lanshare.index.db import writer
+from lanshare.index.holders import Holder
 from lanshare.index.models import Commit, Lease, Pin, PinSource, Ref, Transfer, TransferState, utcnow
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
@@ -95,9 +96,25 @@ def pin_rule_from_ref(name: str, commit: str) -> PinRule | None:
 
 
 def active_leases(engine: Engine) -> set[str]:
-    """Commits held by unexpired leases of pulls in progress."""
+    """Commits held by unexpired leases of pulls in progress (leases of dead processes left out)."""
     with Session(engine) as session:
-        return set(session.scalars(select(Lease.commit).where(Lease.expires_at > utcnow())))
+        leases = session.scalars(select(Lease).where(Lease.expires_at > utcnow())).all()
+    return {lease.commit for lease in leases if not _holder_is_dead(lease)}
+
+
+def drop_dead_leases(engine: Engine) -> int:
+    """Delete leases whose holder process is gone (a killed pull); returns how many."""
+    with Session(writer(engine)) as session, session.begin():
+        dead = [lease.id for lease in session.scalars(select(Lease)) if _holder_is_dead(lease)]
+        if dead:
+            session.execute(delete(Lease).where(Lease.id.in_(dead)))
+    return len(dead)
+
+
+def _holder_is_dead(lease: Lease) -> bool:
+    if lease.pid is None or lease.host is None:
+        return False  # a lease from before holders were recorded: it expires by time
+    return Holder(lease.pid, lease.start_ticks, lease.boot_id, lease.pid_ns, lease.host).is_dead()
 
 
 def pin_rules(engine: Engine) -> list[PinRule]:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lanshare.index.db import writer
+from lanshare.index.holders import this_process
 from lanshare.index.models import Lease, Peer, Transfer, TransferState, utcnow
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,17 @@ class Recorder:
 
     def _start(self, engine: Engine, commit: str, ref: str | None, source: str) -> None:
         with Session(writer(engine)) as session, session.begin():
-            lease = Lease(commit=commit, holder=self.holder, expires_at=utcnow() + self.lease_ttl)
+            me = this_process()
+            lease = Lease(
+                commit=commit,
+                holder=self.holder,
+                expires_at=utcnow() + self.lease_ttl,
+                pid=me.pid,
+                start_ticks=me.start_ticks,
+                boot_id=me.boot_id,
+                pid_ns=me.pid_ns,
+                host=me.host,
+            )
             transfer = Transfer(commit=commit, ref=ref, source=source[:1024], state=TransferState.RUNNING)
             session.add_all([lease, transfer])
             session.flush()

@@ -136,10 +136,11 @@ def _lan_peers(config: Config) -> PeerProvider:
 
 
 def base_url(url: str) -> str:
-    """``url`` checked to be http(s) and ending with a slash, so object paths join under it."""
+    """``url`` checked to be http(s) or file and ending with a slash, so object paths join under it."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    local = parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/")
+    if not local and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise ValueError(f"{url!r} is not an http://, https:// or file:/// URL")
     return url if url.endswith("/") else url + "/"
 
 
@@ -445,6 +446,10 @@ async def open_source(
     session: aiohttp.ClientSession, spec: SourceSpec, timeouts: Timeouts, tmp_dir: Path
 ) -> Source:
     """Make a source from its spec, asking an unknown URL whether it is a lanshare peer."""
+    if spec.url.startswith("file:"):
+        from lanshare.pull.file_source import FileSource  # it builds on this module
+
+        return FileSource(session, spec, timeouts, tmp_dir)
     if spec.kind == "archive":
         return Source(session, spec, timeouts, tmp_dir)
     # An unknown URL gets a short probe, so a plain web server is not kept waiting on.

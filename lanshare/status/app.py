@@ -155,8 +155,7 @@ def _write_address(path: Path, text: str) -> None:
 
 async def status_listener_ctx(app: web.Application) -> AsyncIterator[None]:
     """Daemon ``cleanup_ctx`` entry: serve the status application on ``[status] listen``."""
-    # Imported here: lanshare.daemon imports this module to list this entry.
-    from lanshare import daemon
+    from lanshare import appkeys as daemon
 
     config = app[daemon.CONFIG]
     listen = config.status.listen

@@ -4,7 +4,8 @@ Three parts, three cadences:
 
 * the index part (peers, transfers, bytes) and the deployed commit: read at most once a second;
 * the chain part (refs, commit objects, the update path): recomputed when a ref, a
-  ``.commitpartial`` marker or the deployed commit changes;
+  ``.commitpartial`` marker, the deployed commit, or one of the commit objects the chain found
+  missing changes;
 * the retention part (why each commit stays, disk use): a retention plan stats every object and
   walks every kept tree — about a minute for 200,000 objects — so it runs in a child process (a
   thread would hold the GIL the LAN listener's event loop needs), when the chain changed or
@@ -38,6 +39,7 @@ from lanshare import __version__
 from lanshare.config import Config
 from lanshare.errors import Error
 from lanshare.index.db import make_engine
+from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import summary_state
 from lanshare.server.limits import PeerStats
@@ -160,6 +162,14 @@ class PlanProcess:
             self._process.terminate()
 
 
+def _frontier(chain: Json) -> frozenset[str]:
+    """The commits a chain walk stopped at: parents it did not hold, and what the path missed."""
+    held = {c["checksum"] for c in chain["commits"]}
+    parents = {c["parent"] for c in chain["commits"] if c["parent"] and c["parent"] not in held}
+    # "missing" may also name a ref ("ref:os/stable"): refs are in the key already.
+    return frozenset(c for c in parents | set(chain["missing"]) if is_checksum(c))
+
+
 class PlanError(Error):
     """The retention plan could not be computed."""
 
@@ -179,6 +189,7 @@ class StatusCollector:
     _snapshot_at: float = 0.0
     _chain_key: object = None
     _chain: Json | None = None
+    _frontier: frozenset[str] = frozenset()
     _retention: Json | None = None
     _retention_key: object = None
     _retention_at: float = 0.0
@@ -214,9 +225,13 @@ class StatusCollector:
             frozenset(src.repo.list_collection_refs().items()),
             frozenset(src.repo.partial_commits()),
             (deployed["commit"], deployed["ref"]),
+            self._frontier_held(),
         )
         if self._chain is None or key != self._chain_key:
             self._chain = chain_part(src.config, src.repo, deployed)
+            self._frontier = _frontier(self._chain)
+            # The chain was read now: the key must say what its frontier looked like now too.
+            key = (*key[:3], self._frontier_held())
             self._chain_key = key
         return {
             "key": key[:2],
@@ -227,6 +242,15 @@ class StatusCollector:
             # A publisher's signed summary served although out of date (repo_summary.refresh_summary).
             "summary_warning": summary_state(src.repo).get("warning"),
         }
+
+    def _frontier_held(self) -> frozenset[str]:
+        """Which commits the chain found missing are held now.
+
+        A pull writes a commit's ``.commitpartial`` marker before its commit object, so refs and
+        markers alone miss the object arriving: a chain read in between would stay short for good.
+        """
+        repo = self.sources.repo
+        return frozenset(c for c in self._frontier if repo.has_object(c, ObjectType.COMMIT))
 
     async def _retention_for(self, key: object) -> None:
         now = time.monotonic()
