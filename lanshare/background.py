@@ -6,8 +6,9 @@ peer table) and the origin — then record what arrived in the index, refresh th
 prune.  One round runs at a time (an :class:`asyncio.Lock`); an error is logged and the next
 round tries again, the daemon never stops for it.
 
-- **Origin poll** (only with ``[origin] url``): a round at start, then every ``poll_interval``
-  ± 10 % (jitter, so a fleet switched on together does not hit the origin together).
+- **Origin poll** (only with ``[origin] url``): a round at start — on a LAN, after discovery had
+  :data:`SETTLE` seconds (plus jitter) to find the peers to split the download with — then every
+  ``poll_interval`` ± 10 % (jitter, so a fleet switched on together does not hit the origin together).
 - **LAN convergence**: every :data:`LAN_INTERVAL` seconds, look at what each peer holds (the peer
   table, a local read; static peers missing from it are asked at most every
   :data:`STATIC_PROBE_INTERVAL` seconds); when one
@@ -44,10 +45,12 @@ from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX, refresh_summary
+from lanshare.plan import plan_from_config
 from lanshare.prune import prune
 from lanshare.pull import PlanEntry, PullOptions, SourceSpec, StaticPeers, Timeouts, TrustPolicy
 from lanshare.pull.errors import SourceFailure
-from lanshare.pull.sources import plan_from_config, probe_info
+from lanshare.pull.fleet import fleet_options
+from lanshare.pull.sources import probe_info
 from lanshare.retention import PinRule, RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,10 @@ LAN_INTERVAL = 2.0
 STATIC_PROBE_INTERVAL = 10.0
 RETRY_AFTER = 600.0
 JITTER = 0.10
+# The first origin round waits this long for discovery to find the LAN's machines, plus up to
+# START_JITTER (lanshare.pull.fleet splits a commit between the machines pulling it at once).
+SETTLE = 3.0
+START_JITTER = 1.0
 _PROBE_TIMEOUTS = Timeouts(connect=3.0, read=5.0, low_speed_time=5.0)
 
 
@@ -139,7 +146,11 @@ class Background:
         self.node_id = node_id
         self.lock = asyncio.Lock()
         self.fleet = FleetPeers(config.sharing.peers, node_id)
-        options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
+        options = PullOptions(
+            trust=TrustPolicy.from_config(config.trust),
+            parallel=config.pull.parallel,
+            fleet=fleet_options(config, node_id),
+        )
         self.follower = Follower(repo, self.plan, options, index)
         self.rounds = 0  # completed rounds, for tests and the status page
         # Refs the followed ones led to through checkpoint targets (os/stable → os/stable-v2):
@@ -228,8 +239,18 @@ class Background:
 
     # -- the loops -------------------------------------------------------------------------
 
+    def first_round_delay(self) -> float:
+        """Seconds before the first origin round: none for a machine that has no LAN to share with;
+        else discovery gets :data:`SETTLE` seconds to find the peers switched on with this one (to
+        split the download with them), plus up to :data:`START_JITTER` so they do not all start at once."""
+        sharing = self.config.sharing
+        if not self.config.pull.coordinate or not (sharing.discovery or sharing.peers):
+            return 0.0
+        return SETTLE + random.uniform(0, START_JITTER)
+
     async def _origin_loop(self) -> None:
         interval = self.config.origin.poll_interval.total_seconds()
+        await asyncio.sleep(self.first_round_delay())
         while True:
             await self._guarded(self.round("origin poll"))
             await asyncio.sleep(jittered(interval))

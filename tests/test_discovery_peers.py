@@ -32,9 +32,9 @@ from lanshare.discovery.peers import HealthMonitor, PeerTable, TablePeers, healt
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.repo import Repo
+from lanshare.plan import plan_from_config
 from lanshare.pull import ProgressUpdate, PullOptions, PullResult, SourceSpec, StaticPeers, TrustPolicy, pull
 from lanshare.pull.records import PeerKey, Recorder
-from lanshare.pull.sources import plan_from_config
 from lanshare.server import LanLimits, create_lan_app
 from tests.conftest import build_tree
 from tests.fleet import serve_app

@@ -31,6 +31,7 @@ from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
+from lanshare.pull.fleet import Fleet, FleetOptions
 from lanshare.pull.http import Timeouts
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
@@ -55,6 +56,9 @@ class PullOptions:
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     parallel: int = 8
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # This node's place among LAN machines pulling the same commit (lanshare.pull.fleet); None:
+    # fetch alone (no node id, or ``[pull] coordinate = false``).
+    fleet: FleetOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ class _Pull:
         self.partial_marked = False
         self.rejected: list[str] = []
         self.backing_off: set[Source] = set()
+        self.fleet: Fleet | None = None
+        self.fleet_checked = False
 
     # -- the whole pull --------------------------------------------------------------------
 
@@ -488,9 +494,15 @@ class _Pull:
             # Objects missing under a commit that looked complete: it is not, until we are done.
             await asyncio.to_thread(self._mark_partial, self.checksum)
         pending = list(names)
-        if len(pending) >= SPREAD_MIN_OBJECTS:
-            pending = await self._spread(pending)
         reasons: dict[ObjectName, list[str]] = {}
+        fleet = self._fleet()
+        if fleet is not None:
+            unavailable = await fleet.fetch(pending)
+            pending = [n for n in pending if n in unavailable]
+            for name, why in unavailable.items():
+                reasons[name] = list(why)
+        elif len(pending) >= SPREAD_MIN_OBJECTS:
+            pending = await self._spread(pending)
         for source in self.sources:
             if not pending:
                 break
@@ -506,6 +518,20 @@ class _Pull:
             first = pending[0]
             more = f" ({len(pending) - 1} more objects missing too)" if len(pending) > 1 else ""
             raise PullError(f"no source could provide {first}: " + "; ".join(reasons[first]) + more)
+
+    def _fleet(self) -> Fleet | None:
+        """The split with LAN machines pulling this commit too, decided at the first fetch: only
+        with an origin, peers to share with, and none of them holding the whole commit already
+        (then they serve it, as without a fleet)."""
+        if not self.fleet_checked:
+            self.fleet_checked = True
+            options = self.options.fleet
+            peers = [s for s in self.sources if s.kind == "peer" and s.usable and s not in self.backing_off]
+            if options is not None and not any(s.holds_complete(self.checksum) for s in peers):
+                usable = [s for s in self.sources if s not in self.backing_off]
+                parallel = self.options.parallel
+                self.fleet = Fleet.of(options.node_id, self.checksum, usable, self._sink, parallel)
+        return self.fleet
 
     async def _spread(self, names: list[ObjectName]) -> list[ObjectName]:
         """Fetch ``names`` from every peer holding the whole commit at once; returns what none served.

@@ -1,0 +1,158 @@
+"""One download per LAN: machines switched on together fetch each object from the origin about once.
+
+Four machines on a namespace LAN follow one origin (a plain HTTP server behind a ``tc``-shaped
+link, its access log counting every object it sent).  Switched on together, they split the commit
+(:mod:`lanshare.pull.fleet`); one killed mid-way, a liar serving garbage, or a machine alone must
+each still end with the commit, verified.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from lanshare.netns import NetnsLan
+from tests.fleet_lan import (
+    SHARING_PORT,
+    Origin,
+    archive_objects,
+    file_objects,
+    holds,
+    machine_config,
+    publish,
+)
+from tests.fleet_liar import NODE_ID as LIAR
+from tests.lan_daemons import LanDaemon, wait_for
+from tests.netns import netns_lan_context, require_namespaces
+
+pytestmark = pytest.mark.slow
+
+MACHINES = ("a", "b", "c", "d")
+ORIGIN_HOST = "e"
+# Small enough to be cheap, big enough that a machine killed mid-way is caught with part of it.
+COMMIT_BYTES, COMMIT_FILES = 4_000_000, 240
+RATE = "24mbit"
+DEADLINE = 90.0
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NetnsLan, Origin, str]]:
+    require_namespaces()
+    base = tmp_path_factory.mktemp("fleet")
+    repo, commit = publish(base, COMMIT_BYTES, COMMIT_FILES)
+    with netns_lan_context(5) as netns:
+        origin = Origin(netns, ORIGIN_HOST, repo, base / "origin.log").start(RATE)
+        yield netns, origin, commit
+
+
+@pytest.fixture
+def machines(lan: tuple[NetnsLan, Origin, str], tmp_path: Path) -> Iterator[Callable[[str, str], LanDaemon]]:
+    """Makes a machine on a host with a config; every machine made is stopped at the end."""
+    netns = lan[0]
+    made: list[LanDaemon] = []
+
+    def make(host: str, config: str) -> LanDaemon:
+        machine = LanDaemon(netns, host, tmp_path / host).configure(config)
+        made.append(machine)
+        return machine
+
+    yield make
+    for machine in made:
+        machine.terminate()
+    for machine in made:
+        machine.wait(30)
+
+
+def wait_all_hold(machines: list[LanDaemon], commit: str) -> None:
+    for machine in machines:
+        wait_for(partial(holds, machine.repo, commit), f"{machine.host} to hold the commit", DEADLINE, 0.2)
+
+
+def fsck_clean(machine: LanDaemon) -> None:
+    done = machine.cli("fsck", check=False)
+    assert done.returncode == 0, f"fsck on {machine.host}: {done.stdout}\n{done.stderr}"
+
+
+def test_four_machines_switched_on_together_fetch_each_object_about_once(
+    lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
+) -> None:
+    _, origin, commit = lan
+    since = origin.offset()
+    fleet = [machines(host, machine_config(origin)) for host in MACHINES]
+    for machine in fleet:
+        machine.launch()
+    wait_all_hold(fleet, commit)
+    for machine in fleet:
+        fsck_clean(machine)
+    sent = origin.objects_sent(since)
+    objects = archive_objects(origin.repo)
+    fetched = {path for path in sent if path in objects}
+    repeats = sum(n - 1 for n in sent.values())
+    # Every object the commit needs left the origin, and (nearly) only once for the whole LAN.
+    assert len(fetched) == len([p for p in objects if not p.endswith(".commitmeta")]), "objects missing"
+    assert repeats <= max(8, len(fetched) // 20), f"{repeats} repeated fetches of {len(fetched)} objects"
+
+
+def test_a_machine_killed_mid_share_costs_the_others_a_delay_and_finishes_once_restarted(
+    lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
+) -> None:
+    _, origin, commit = lan
+    since = origin.offset()
+    fleet = [machines(host, machine_config(origin)) for host in MACHINES]
+    for machine in fleet:
+        machine.launch()
+    victim = fleet[-1]
+    # Mid-share: some of the files in, far from all of them.
+    wait_for(lambda: file_objects(victim.repo) >= COMMIT_FILES // 10, "the victim to start", DEADLINE, 0.02)
+    victim.kill()
+    assert not holds(victim.repo, commit)
+    wait_all_hold(fleet[:-1], commit)
+    victim.launch()
+    wait_all_hold([victim], commit)
+    for machine in fleet:
+        fsck_clean(machine)
+    sent = origin.objects_sent(since)
+    # Far from each machine fetching everything (4x): the victim's lost work is refetched, once.
+    assert sum(sent.values()) <= 2 * len(archive_objects(origin.repo)), sent.most_common(3)
+
+
+def test_a_peer_serving_garbage_is_demoted_and_the_others_finish(
+    lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
+) -> None:
+    netns, origin, commit = lan
+    liar_url = f"http://{netns['d'].address}:{SHARING_PORT}/"
+    liar = netns.python(
+        "d", "-m", "tests.fleet_liar", str(SHARING_PORT), commit,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        extra = f'peers = ["{liar_url}"]\n'
+        fleet = [machines(host, machine_config(origin, extra=extra)) for host in MACHINES[:3]]
+        for machine in fleet:
+            machine.launch()
+        wait_all_hold(fleet, commit)
+        for machine in fleet:
+            fsck_clean(machine)
+        for machine in fleet:
+            row = machine.table().get(LIAR)
+            assert row is not None and row["health"] == "demoted", (machine.host, row)
+    finally:
+        liar.kill()
+        liar.wait(10)
+
+
+def test_a_machine_alone_fetches_everything_from_the_origin_once(
+    lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
+) -> None:
+    _, origin, commit = lan
+    since = origin.offset()
+    alone = machines("a", machine_config(origin))
+    alone.launch()
+    wait_all_hold([alone], commit)
+    fsck_clean(alone)
+    sent = origin.objects_sent(since)
+    assert set(sent.values()) == {1}, sent.most_common(3)
