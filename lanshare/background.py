@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -41,6 +41,7 @@ from lanshare.discovery.peers import peer_url
 from lanshare.errors import Error
 from lanshare.follow import Follower, FollowReport
 from lanshare.index import sync
+from lanshare.index.db import writer
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
@@ -52,6 +53,7 @@ from lanshare.pull.errors import SourceFailure
 from lanshare.pull.fleet import fleet_options
 from lanshare.pull.sources import probe_info
 from lanshare.retention import PinRule, RetentionPolicy
+from lanshare.server.limits import PeerStats
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 # lacks, and before a set of commits that could not be fetched is tried again.
 LAN_INTERVAL = 2.0
 STATIC_PROBE_INTERVAL = 10.0
+FLUSH_INTERVAL = 10.0
 RETRY_AFTER = 600.0
 JITTER = 0.10
 # The first origin round waits this long for discovery to find the LAN's machines, plus up to
@@ -139,8 +142,20 @@ def retention_policy(config: Config, engine: Engine, now: float) -> RetentionPol
 class Background:
     """The origin poll and LAN convergence loops of one daemon; an async context manager."""
 
-    def __init__(self, config: Config, repo: Repo, index: Engine, node_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        repo: Repo,
+        index: Engine,
+        node_id: str,
+        served: Callable[[], Mapping[str, PeerStats]] | None = None,
+    ) -> None:
         self.config = config
+        # The LAN listener's bytes served per client address since start, added to the peers'
+        # bytes_out in the index every FLUSH_INTERVAL; ``flushed`` is how much of it is there.
+        self.served = served
+        self.flushed: dict[str, int] = {}
+        self._flushed_at = time.monotonic()
         self.repo = repo
         self.index = index
         self.node_id = node_id
@@ -179,6 +194,7 @@ class Background:
             task.cancel()
         # A pull cut short leaves only verified objects; its transfer row says "failed".
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush_served()
 
     # -- rounds ----------------------------------------------------------------------------
 
@@ -259,6 +275,25 @@ class Background:
         while True:
             await asyncio.sleep(jittered(LAN_INTERVAL))
             await self._guarded(self.converge())
+            if time.monotonic() - self._flushed_at >= FLUSH_INTERVAL:
+                await self._guarded(self.flush_served())
+
+    async def flush_served(self) -> None:
+        """Add what the LAN listener served each peer since the last flush to its ``bytes_out``."""
+        self._flushed_at = time.monotonic()
+        if self.served is None:
+            return
+        sent = {ip: s.bytes_out for ip, s in self.served().items()}
+        delta = {ip: n - self.flushed.get(ip, 0) for ip, n in sent.items() if n > self.flushed.get(ip, 0)}
+        if not delta:
+            return
+        try:
+            claimed = await asyncio.to_thread(_add_bytes_out, self.index, delta)
+        except SQLAlchemyError as e:
+            log.warning("cannot record the bytes served to peers: %s", str(e).splitlines()[0])
+            return
+        # A new dict, not an update: the status page reads it from its own thread.
+        self.flushed = {**self.flushed, **{ip: sent[ip] for ip in claimed}}
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         try:
@@ -339,6 +374,19 @@ class Background:
         }
         newest = info.get("newest_checkpoint")
         return PeerView(url, refs, newest if isinstance(newest, str) and is_checksum(newest) else None)
+
+
+def _add_bytes_out(engine: Engine, delta: Mapping[str, int]) -> set[str]:
+    """Add ``delta`` (bytes per client address) to the peers at those addresses; the addresses
+    that matched a peer (the others stay unflushed: a peer may enter the table later)."""
+    claimed: set[str] = set()
+    with Session(writer(engine)) as session, session.begin():
+        for peer in session.scalars(select(Peer)):
+            mine = [ip for ip in peer.addresses if ip in delta and ip not in claimed]
+            if mine:
+                peer.bytes_out = (peer.bytes_out or 0) + sum(delta[ip] for ip in mine)
+                claimed.update(mine)
+    return claimed
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -17,7 +17,6 @@ import secrets
 import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -34,7 +33,7 @@ from lanshare.index.db import open_index
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.power import SharingSwitch
-from lanshare.server import HOLDINGS, LanLimits, create_lan_app
+from lanshare.server import HOLDINGS, LEDGER, LanLimits, create_lan_app
 from lanshare.status.app import status_listener_ctx
 
 log = logging.getLogger(__name__)
@@ -148,7 +147,7 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
     limits = LanLimits.from_config(config.sharing)
     lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
     # The info document announces the commits this machine's pulls are fetching (lanshare.pull.fleet).
-    lan_app[HOLDINGS].leases = partial(sync.active_leases, app[INDEX])
+    lan_app[HOLDINGS].engine = app[INDEX]
     # Outermost: while sharing is paused nothing else runs, not even the connection limit.
     lan_app.middlewares.insert(0, app[SHARING].middleware())
     await app[SHARING].check()  # on battery from the first request, not 30 s later
@@ -177,7 +176,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     watcher = asyncio.create_task(app[SHARING].watch(), name="power and network watch")
     try:
-        async with Background(config, app[REPO], app[INDEX], app[NODE_ID]) as background:
+        served = app[LAN_APP][LEDGER].snapshot
+        async with Background(config, app[REPO], app[INDEX], app[NODE_ID], served) as background:
             app[BACKGROUND] = background
             yield
     finally:

@@ -35,6 +35,7 @@ from lanshare.index.db import (
 )
 from lanshare.index.models import Base, Commit, Peer, Pin, PinSource, Ref
 
+SHIPPED_HEAD = head_revision()
 INDEX_TABLES = {"commits", "refs", "pins", "leases", "peers", "transfers"}
 C1 = "a" * 64
 C2 = "b" * 64
@@ -111,7 +112,8 @@ def with_revision_0002(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: 
     """Make open_index see the shipped migrations plus a test-only revision 0002."""
     scripts = tmp_path / "migrations"
     shutil.copytree(script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_test.py").write_text(source)
+    # On top of the shipped head, whatever later revisions were added after 0001.
+    (scripts / "versions" / "0002_test.py").write_text(source.replace('"0001"', f'"{SHIPPED_HEAD}"'))
     monkeypatch.setattr(lanshare.index.db, "script_location", lambda: scripts)
 
 
@@ -208,7 +210,7 @@ def test_one_step_round_trip_keeps_data(
 
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "-1")
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == SHIPPED_HEAD
     assert "note" not in {c["name"] for c in sa.inspect(engine).get_columns("commits")}
     with session_factory(engine)() as session:
         commit = session.get_one(Commit, C1)
@@ -236,10 +238,10 @@ def test_sqlite_is_backed_up_before_an_upgrade(
     assert current_revision(new) == "0002"
     new.dispose()
 
-    backup = tmp_path / "index.db.bak-0001"
+    backup = tmp_path / f"index.db.bak-{SHIPPED_HEAD}"
     assert [p.name for p in tmp_path.glob("index.db.bak-*")] == [backup.name]
     with closing(sqlite3.connect(backup)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(SHIPPED_HEAD,)]
         assert conn.execute("SELECT checksum FROM commits").fetchall() == [(C1,)]
         # One self-contained file, whatever the live database's journal mode.
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
@@ -262,7 +264,7 @@ def test_failed_upgrade_leaves_the_database_as_it_was(
 
     monkeypatch.undo()
     engine = open_index(sqlite_url(db_file))
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == SHIPPED_HEAD
     assert tables(engine) == INDEX_TABLES | {"alembic_version"}
     assert "ix_commits_parent" in {ix["name"] for ix in sa.inspect(engine).get_indexes("commits")}
     with session_factory(engine)() as session:

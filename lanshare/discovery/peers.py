@@ -59,6 +59,7 @@ _PARALLEL_CHECKS = 8
 NODE_ID_FILE = "node-id"
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_REFS = 10_000
+_MAX_PULLED = 64
 
 INFO_PATH = wire.API_PREFIX.lstrip("/") + "/info"
 
@@ -81,6 +82,22 @@ class Sighting:
     holdings: Mapping[str, str] = field(default_factory=dict)  # advertised ref -> commit
     holdings_digest: str | None = None
     newest_checkpoint: str | None = None
+    pulled: Mapping[str, Mapping[str, int]] | None = None  # commit -> origin/peers bytes it reported
+
+
+def _pulled(info: Mapping[str, object]) -> dict[str, dict[str, int]] | None:
+    """The ``pulled`` report of an info document, checked (None when absent or malformed)."""
+    raw = info.get("pulled")
+    if not isinstance(raw, dict) or len(raw) > _MAX_PULLED:
+        return None
+    pulled: dict[str, dict[str, int]] = {}
+    for commit, counts in raw.items():
+        if not (isinstance(commit, str) and is_checksum(commit) and isinstance(counts, dict)):
+            continue
+        origin, peers = counts.get("origin"), counts.get("peers")
+        if isinstance(origin, int) and isinstance(peers, int) and 0 <= origin < 2**62 and 0 <= peers < 2**62:
+            pulled[commit] = {"origin": origin, "peers": peers}
+    return pulled
 
 
 def sighting_from_info(info: Mapping[str, object], addresses: Sequence[str], port: int) -> Sighting:
@@ -103,6 +120,7 @@ def sighting_from_info(info: Mapping[str, object], addresses: Sequence[str], por
         holdings=holdings,
         holdings_digest=digest if isinstance(digest, str) and is_checksum(digest) else None,
         newest_checkpoint=newest if isinstance(newest, str) and is_checksum(newest) else None,
+        pulled=_pulled(info),
     )
 
 
@@ -151,6 +169,8 @@ class PeerTable:
                 peer.holdings_digest = sighting.holdings_digest
                 peer.newest_checkpoint = sighting.newest_checkpoint
                 peer.collection_id = sighting.collection_id
+            if sighting.pulled is not None:
+                peer.pulled = {c: dict(counts) for c, counts in sighting.pulled.items()}
             _mark_up(peer, now)
 
     def alive(self, node_id: str) -> None:

@@ -390,6 +390,8 @@ class _Pull:
             try:
                 await asyncio.to_thread(self._store_commit, chosen)
                 await self._fetch_closure(chosen.commit)
+                # Before the ref moves: peers reading our info then see where the bytes came from.
+                await self.recorder.split(*self._split())
                 await asyncio.to_thread(self._finish, chosen, ref)
             except BaseException as e:
                 error = str(e) or type(e).__name__
@@ -399,10 +401,17 @@ class _Pull:
                 await self.recorder.progress(
                     self.objects_done, self.objects_total, self.bytes_done, force=True
                 )
+                await self.recorder.split(*self._split())
                 used = ", ".join(name for name, s in self.stats.items() if s.objects)
                 await self.recorder.finish(used, error)
         finally:
             lock.__exit__(None, None, None)
+
+    def _split(self) -> tuple[int, int]:
+        """Bytes stored so far from the origin (any source not a peer) and from LAN peers."""
+        peers = {s.name for s in self.sources if s.kind == "peer"}
+        from_peers = sum(s.bytes for name, s in self.stats.items() if name in peers)
+        return self.bytes_done - from_peers, from_peers
 
     async def _renew_lease(self) -> None:
         interval = self.recorder.lease_ttl.total_seconds() / 3

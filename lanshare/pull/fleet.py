@@ -35,6 +35,7 @@ from typing import BinaryIO
 
 from lanshare.config import Config
 from lanshare.errors import CorruptObject
+from lanshare.ostree.objects import ObjectType
 from lanshare.pull.http import Timeouts
 from lanshare.pull.sources import PeerSource, Sink, Source
 from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
@@ -50,9 +51,12 @@ STALL_AFTER = 8.0
 # How often a member is asked for its share while it serves nothing new (backing off to the max).
 POLL_FIRST, POLL_MAX = 0.1, 1.0
 # How often the members' info documents are read again (who fetches, who holds the commit now).
-INFO_EVERY = 1.0
+INFO_EVERY = 0.5
 # The longest the origin waits for the first look at what the members already hold.
 SWEEP_WAIT = 2.0
+DEFER_GRACE = 3.0
+# Rounds of at least this many objects are logged (the files of a commit, mostly).
+LOG_AT = 64
 INFO_TIMEOUTS = Timeouts(connect=2.0, read=2.0, low_speed_time=2.0)
 
 
@@ -147,12 +151,25 @@ class _Round:
         self.pollers: dict[str, asyncio.Task[None]] = {}
         self.holder_mode = False  # members hold the whole commit: nothing from the origin
         self.started = time.monotonic()
+        self.stats = [0, 0]  # objects from the origin, from peers
+        self.deferred: set[ObjectName] = set()
+        # The files of a commit are most of its bytes: a peer switched on a little later than this
+        # one gets DEFER_GRACE to join before this node fetches what would be that peer's share.
+        files = any(n.kind is ObjectType.FILE for n in names)
+        self.defer_until = self.started + (DEFER_GRACE if files else 0.0)
+        self.swept_at = 0.0
 
     # -- the round -------------------------------------------------------------------------
 
     async def run(self) -> dict[ObjectName, list[str]]:
-        await self._refresh(force=False)
+        await self._refresh()
         self._assign()
+        if len(self.pending) >= LOG_AT:
+            log.info(
+                "%s: %d objects to fetch, split with %d peers (%d more answering)",
+                self.fleet.commit[:12], len(self.pending), len(self.members),
+                len(self.fleet.answering) - len(self.members),
+            )  # fmt: skip
         workers = [asyncio.create_task(self._origin_worker()) for _ in range(self.fleet.parallel)]
         refresher = asyncio.create_task(self._refresh_loop())
         try:
@@ -167,6 +184,11 @@ class _Round:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.stats[0] + self.stats[1] >= LOG_AT:
+            log.info(
+                "%s: %d objects from the origin, %d from peers (swept %d peers in %.1f s)",
+                self.fleet.commit[:12], self.stats[0], self.stats[1], len(self.swept), self.swept_at,
+            )  # fmt: skip
         return self.unavailable
 
     async def _wait(self, seconds: float) -> None:
@@ -183,6 +205,7 @@ class _Round:
         stored, error = await self.fleet.sink(source, items)
         for name, _ in items[:stored]:
             self.pending.pop(name, None)
+        self.stats[source.kind == "peer"] += stored
         if stored and source.node_id is not None and source.kind == "peer":
             self.progress_at[source.node_id] = time.monotonic()
         if stored:
@@ -205,6 +228,12 @@ class _Round:
         fetchers = {p.node_id: p for p in live if p.node_id and fleet.commit in p.fetching}
         members = holders or fetchers
         if members.keys() != self.members.keys() or bool(holders) != self.holder_mode:
+            if len(self.pending) >= LOG_AT:
+                log.info(
+                    "%s: %s now %s (%d objects left)", fleet.commit[:12],
+                    "holders" if holders else "fetching", ", ".join(m[:8] for m in members) or "none",
+                    len(self.pending),
+                )  # fmt: skip
             self.members, self.holder_mode = members, bool(holders)
             self._assign()
 
@@ -217,8 +246,22 @@ class _Round:
         now = time.monotonic()
         before = {m: any(n in self.pending for n in b) for m, b in self.buckets.items()}
         buckets: dict[str, list[ObjectName]] = {m: [] for m in ids}
+        # Peers that answer but do not fetch this commit (yet: they may be about to) would own some
+        # objects: this node fetches those last, so that a peer joining a moment later finds them
+        # still to do, instead of both fetching them.
+        waiting = (
+            [] if self.holder_mode else sorted(self.fleet.answering - set(ids) - set(self.fleet.dropped))
+        )
+        deferred: list[ObjectName] = []
         for name in self.pending:
-            buckets[owner(name.checksum, ids)].append(name)
+            first = owner(name.checksum, [*ids, *waiting])
+            if first in buckets:
+                buckets[first].append(name)
+            else:
+                deferred.append(name)
+        if self.fleet.me in buckets:
+            buckets[self.fleet.me] += deferred
+        self.deferred = set(deferred)
         self.buckets = buckets
         self.cursor = 0
         for member, bucket in buckets.items():
@@ -259,6 +302,8 @@ class _Round:
         for _ in range(2):
             while self.cursor < len(bucket):
                 name = bucket[self.cursor]
+                if name in self.deferred and time.monotonic() < self.defer_until:
+                    return None  # the deferred tail waits for the peers that may still join
                 self.cursor += 1
                 if name in self.pending and name not in self.in_flight and name not in self.asked:
                     return name
@@ -313,7 +358,9 @@ class _Round:
                 finally:
                     self.asked.difference_update(want)
                 got = len(want) - len(missing)
-            self.swept.add(member)
+            if member not in self.swept:
+                self.swept.add(member)
+                self.swept_at = time.monotonic() - self.started
             if not source.usable:
                 self._drop(member, f"failed: {source.failure}")
                 return

@@ -18,14 +18,18 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from lanshare import wire
 from lanshare.errors import CorruptObject, MissingObject
+from lanshare.index.models import Transfer, TransferState
+from lanshare.index.sync import active_leases
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX
@@ -98,10 +102,38 @@ def _generations(held: dict[str, CommitInfo]) -> dict[str, int]:
     return generation
 
 
-def compute_info(repo: Repo, node_id: str, leased: Iterable[str] | None = None) -> dict[str, Any]:
+# The info document reports where the bytes of this many recent pulls came from.
+RECENT_PULLS = 8
+
+
+def recent_pulls(engine: Engine, limit: int = RECENT_PULLS) -> dict[str, dict[str, int]]:
+    """Commit -> {"origin": bytes, "peers": bytes} of the newest finished pulls (blocking)."""
+    with Session(engine) as session:
+        rows = session.scalars(
+            select(Transfer)
+            # A pull records its split before it moves the ref (and so changes this document).
+            .where(Transfer.state != TransferState.FAILED, Transfer.bytes_origin + Transfer.bytes_peers > 0)
+            .order_by(Transfer.id.desc())
+            .limit(limit)
+        )
+        pulled: dict[str, dict[str, int]] = {}
+        for t in rows:
+            counts = pulled.setdefault(t.commit, {"origin": 0, "peers": 0})
+            counts["origin"] += t.bytes_origin
+            counts["peers"] += t.bytes_peers
+        return pulled
+
+
+def compute_info(
+    repo: Repo,
+    node_id: str,
+    leased: Iterable[str] | None = None,
+    pulled: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
     """The info document (blocking: reads refs and commit objects).
 
-    ``leased``: the commits pulls in progress hold leases on (the index's), or None without one.
+    ``leased``: the commits pulls in progress hold leases on (the index's), or None without one;
+    ``pulled``: where the bytes of recent pulls came from (:func:`recent_pulls`).
     """
     heads = repo.list_refs()
     fetching = sorted(repo.partial_commits() & set(leased)) if leased is not None else []
@@ -138,6 +170,7 @@ def compute_info(repo: Repo, node_id: str, leased: Iterable[str] | None = None) 
         "checkpoints": [i.checksum for i in checkpoints],
         "newest_checkpoint": checkpoints[-1].checksum if checkpoints else None,
         "fetching": fetching,
+        "pulled": pulled or {},
         "holdings_digest": holdings_digest(
             repo.collection_id, refs, mirrors, {c: i.complete for c, i in held.items()}, fetching
         ),
@@ -184,8 +217,9 @@ class Holdings:
     def __init__(self, repo: Repo, node_id: str, max_age: float = 60.0) -> None:
         self.repo = repo
         self.node_id = node_id
-        # The daemon sets this to read the index's leases (blocking), to announce what it fetches.
-        self.leases: Callable[[], Iterable[str]] | None = None
+        # The daemon's index: its leases announce what this node fetches, its transfers where
+        # recent pulls got their bytes (lanshare.pull.fleet).
+        self.engine: Engine | None = None
         # Recompute at least this often: prune can remove commits without touching any ref.
         self.max_age = max_age
         self._snapshot: HoldingsSnapshot | None = None
@@ -211,21 +245,30 @@ class Holdings:
             computed_at = time.monotonic()
             leased = fingerprint[-1]
             assert leased is None or isinstance(leased, frozenset)
-            info = await loop.run_in_executor(None, compute_info, self.repo, self.node_id, leased)
+            info = await loop.run_in_executor(None, self._compute, leased)
             self._snapshot = HoldingsSnapshot(info, _canonical(info))
             # The fingerprint taken before computing: a change made meanwhile triggers another pass.
             self._fingerprint = fingerprint
             self._computed_at = computed_at
             return self._snapshot
 
+    def _compute(self, leased: frozenset[str] | None) -> dict[str, Any]:
+        pulled = None
+        if self.engine is not None:
+            try:
+                pulled = recent_pulls(self.engine)
+            except SQLAlchemyError:  # only a report: the document goes out without it
+                pulled = None
+        return compute_info(self.repo, self.node_id, leased, pulled)
+
     def _fingerprint_now(self) -> Fingerprint:
         """The refs' fingerprint, ending with the leased commits while a commit is partial here
         (a pull that resumes a partial commit changes no marker, only the leases)."""
         fingerprint = refs_fingerprint(self.repo)
         leased: frozenset[str] | None = None
-        if self.leases is not None and fingerprint[-1]:
+        if self.engine is not None and fingerprint[-1]:
             try:
-                leased = frozenset(self.leases())
+                leased = frozenset(active_leases(self.engine))
             except SQLAlchemyError:  # the index only adds the "fetching" hint: never fail the document
                 leased = None
         return (*fingerprint, leased)

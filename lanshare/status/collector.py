@@ -73,6 +73,8 @@ class StatusSources:
     lan_address: Callable[[], str | None] = lambda: None
     status_address: Callable[[], str | None] = lambda: None
     served: Callable[[], dict[str, PeerStats]] = dict
+    # Of ``served``, what the daemon already added to the peers' bytes_out in the index.
+    flushed: Callable[[], dict[str, int]] = dict
 
 
 def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
@@ -222,7 +224,7 @@ class StatusCollector:
             "deployed": deployed,
             "chain": self._chain,
             "pins": pins(src.config, src.index),
-            "index": index_part(src.index, src.served()),
+            "index": index_part(src.index, src.served(), src.flushed()),
         }
 
     async def _retention_for(self, key: object) -> None:
