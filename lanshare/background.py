@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lanshare.config import Config
-from lanshare.discovery.peers import peer_url
+from lanshare.discovery.peers import TablePeers, peer_url
 from lanshare.errors import Error
 from lanshare.follow import Follower, FollowReport
 from lanshare.index import sync
@@ -179,7 +179,11 @@ class Background:
 
     def plan(self) -> list[PlanEntry]:
         """``[pull] order`` over the fleet's peers and the origin."""
-        return [self.fleet if isinstance(e, StaticPeers) else e for e in plan_from_config(self.config)]
+        plan = [self.fleet if isinstance(e, StaticPeers) else e for e in plan_from_config(self.config)]
+        for entry in plan:
+            if isinstance(entry, TablePeers):
+                entry.wait_for_discovery = False  # the first round already waited SETTLE seconds
+        return plan
 
     async def __aenter__(self) -> Background:
         if self.config.origin.url is not None:

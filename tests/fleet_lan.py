@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lanshare.netns import NetnsLan
+from lanshare.netns import SUBNET, Host, NetnsLan
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 
@@ -60,6 +60,15 @@ def archive_objects(repo: Path) -> dict[str, int]:
     return objects
 
 
+def origin_in_hub(lan: NetnsLan) -> str:
+    """Give the LAN's hub namespace (its bridge) an address and register it as host ``"origin"``:
+    an origin outside the machines' hosts, so all eight hosts can be machines.  Its name."""
+    address = f"{SUBNET}.254"
+    subprocess.run(["ip", "-n", lan.hub, "addr", "add", f"{address}/24", "dev", "br0"], check=True)
+    lan.hosts["origin"] = Host("origin", lan.hub, address)
+    return "origin"
+
+
 @dataclass
 class Origin:
     """The origin's HTTP server in its host, and its access log."""
@@ -76,7 +85,8 @@ class Origin:
 
     def start(self, rate: str) -> Origin:
         """Serve the repository, egress shaped to ``rate`` (e.g. ``"20mbit"``)."""
-        self.lan.run(self.host, ["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate,
+        dev = "br0" if self.lan[self.host].netns == self.lan.hub else "eth0"
+        self.lan.run(self.host, ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                                  "burst", "64kb", "latency", "400ms"])  # fmt: skip
         with open(self.log, "ab") as out:
             self.proc = self.lan.popen(

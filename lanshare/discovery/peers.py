@@ -18,6 +18,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,12 @@ FULL_CHECK_EVERY = 15
 MAX_ADDRESSES = 8
 _PARALLEL_CHECKS = 8
 
-# The daemon's node id file in the state directory (lanshare.daemon.NODE_ID_FILE).
+# The daemon's node id file in the state directory (lanshare.daemon.NODE_ID_FILE), and the file
+# it writes once its LAN listener is up (lanshare.daemon.LAN_ADDRESS_FILE).
 NODE_ID_FILE = "node-id"
+LAN_ADDRESS_FILE = "lan-address"
+# A command run while the daemon is younger than this waits for discovery to find a peer.
+DISCOVERY_WAIT = 5.0
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_REFS = 10_000
 _MAX_PULLED = 64
@@ -377,12 +382,44 @@ class TablePeers:
     database_url: str
     static_urls: tuple[str, ...] = ()
     state_dir: Path | None = None  # where the daemon keeps its node id: its own row is skipped
+    # Commands wait for a young daemon's discovery; the daemon itself never blocks its loop on it.
+    wait_for_discovery: bool = True
     _engine: Engine | None = None
 
     def peer_specs(self) -> Sequence[SourceSpec]:
-        """The peers to try, best first."""
-        specs = [SourceSpec(peer_url(p.addresses[0], p.port), "peer") for p in self._ranked()]
+        """The peers to try, best first.
+
+        With nothing to offer while the daemon has been up less than :data:`DISCOVERY_WAIT`
+        seconds (a command run right after boot), wait for discovery to find someone until then.
+        """
+        rows = self._ranked()
+        if not rows and not self.static_urls and self.wait_for_discovery:
+            rows = self._wait_for_discovery()
+        specs = [SourceSpec(peer_url(p.addresses[0], p.port), "peer") for p in rows]
         return specs + [SourceSpec(url, "peer") for url in self.static_urls]
+
+    def why_empty(self) -> str:
+        """Why there is no peer to offer, for the "nothing to pull from" message."""
+        age = self._daemon_age()
+        if age is None:
+            return "discovery is on, but no lanshare daemon runs here to discover peers"
+        return f"no peer has been discovered yet (the daemon has looked for {age:.0f} s)"
+
+    def _daemon_age(self) -> float | None:
+        """Seconds since this machine's daemon started listening, or None when it does not run."""
+        if self.state_dir is None:
+            return None
+        try:
+            return max(time.time() - (self.state_dir / LAN_ADDRESS_FILE).stat().st_mtime, 0.0)
+        except OSError:
+            return None
+
+    def _wait_for_discovery(self) -> list[Peer]:
+        rows: list[Peer] = []
+        while not rows and (age := self._daemon_age()) is not None and age < DISCOVERY_WAIT:
+            time.sleep(min(0.25, DISCOVERY_WAIT - age))
+            rows = self._ranked()
+        return rows
 
     def _ranked(self) -> list[Peer]:
         try:

@@ -34,7 +34,14 @@ from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, Sou
 from lanshare.pull.fleet import Fleet, FleetOptions
 from lanshare.pull.http import Timeouts
 from lanshare.pull.records import PeerKey, Recorder
-from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
+from lanshare.pull.sources import (
+    PlanEntry,
+    Source,
+    expand_plan,
+    open_sources,
+    run_workers,
+    why_no_sources,
+)
 from lanshare.pull.verify import TrustPolicy, VerifiedCommit, check_not_older, verify_commit
 from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
 
@@ -168,12 +175,10 @@ class _Pull:
             ref = target
         elif ref is not None:
             validate_ref(ref)
+        plan = list(plan)
         specs = expand_plan(plan)
         if not specs:
-            raise UsageError(
-                "nothing to pull from: set origin.url or sharing.peers in the configuration, "
-                "or pass --from URL"
-            )
+            raise UsageError(f"nothing to pull from: {why_no_sources(plan)}")
         timeouts = self.options.timeouts
         parallel = self.options.parallel
         connector = aiohttp.TCPConnector(limit=parallel * 2, limit_per_host=parallel)

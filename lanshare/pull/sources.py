@@ -102,6 +102,13 @@ def expand_plan(plan: Iterable[PlanEntry]) -> list[SourceSpec]:
     return specs
 
 
+def why_no_sources(plan: Iterable[PlanEntry]) -> str:
+    """Why a plan offers no source: what its peer providers say (``why_empty``), else that none is set."""
+    reasons = [why() for entry in plan if (why := getattr(entry, "why_empty", None)) is not None]
+    configured = "set origin.url or sharing.peers in the configuration, or pass --from URL"
+    return "; ".join([*reasons, configured]) if reasons else f"no source is configured ({configured})"
+
+
 def base_url(url: str) -> str:
     """``url`` checked to be http(s) and ending with a slash, so object paths join under it."""
     parts = urlsplit(url)
@@ -459,4 +466,5 @@ __all__ = [
     "StaticPeers",
     "expand_plan",
     "open_sources",
+    "why_no_sources",
 ]
