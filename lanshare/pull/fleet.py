@@ -58,6 +58,8 @@ DEFER_GRACE = 3.0
 # Rounds of at least this many objects are logged (the files of a commit, mostly).
 LOG_AT = 64
 INFO_TIMEOUTS = Timeouts(connect=2.0, read=2.0, low_speed_time=2.0)
+# A peer whose info does not answer this many times in a row is out of the split for the pull.
+MAX_MISSES = 2
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Fleet:
     dropped: dict[str, str] = field(default_factory=dict)  # node id -> why, for the rest of the pull
     refreshed_at: float = float("-inf")
     answering: set[str] = field(default_factory=set)  # node ids whose info answered last time
+    misses: dict[str, int] = field(default_factory=dict)  # node id -> info reads failed in a row
 
     @classmethod
     def of(cls, me: str, commit: str, sources: Sequence[Source], sink: Sink, parallel: int) -> Fleet | None:
@@ -149,6 +152,7 @@ class _Round:
         self.swept: set[str] = set()
         self.changed = asyncio.Event()
         self.pollers: dict[str, asyncio.Task[None]] = {}
+        self.ended: list[asyncio.Task[None]] = []  # pollers replaced, still to be awaited
         self.holder_mode = False  # members hold the whole commit: nothing from the origin
         self.started = time.monotonic()
         self.stats = [0, 0]  # objects from the origin, from peers
@@ -180,7 +184,7 @@ class _Round:
                 self._check_stalls()
                 await self._wait(0.25)
         finally:
-            tasks = [*workers, refresher, *self.pollers.values()]
+            tasks = [*workers, refresher, *self.pollers.values(), *self.ended]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -221,8 +225,14 @@ class _Round:
             candidates = fleet.candidates()
             answers = await asyncio.gather(*(p.refresh_info(INFO_TIMEOUTS) for p in candidates))
             fleet.refreshed_at = time.monotonic()
-            answered = zip(candidates, answers, strict=True)
-            fleet.answering = {p.node_id for p, ok in answered if ok and p.node_id}
+            fleet.answering = set()
+            for peer, ok in zip(candidates, answers, strict=True):
+                node = peer.node_id or ""
+                fleet.misses[node] = 0 if ok else fleet.misses.get(node, 0) + 1
+                if ok:
+                    fleet.answering.add(node)
+                elif fleet.misses[node] >= MAX_MISSES:
+                    fleet.drop(node, f"its info did not answer {MAX_MISSES} times in a row")
         live = [p for p in fleet.candidates() if p.node_id in fleet.answering]
         holders = {p.node_id: p for p in live if p.node_id and p.holds_complete(fleet.commit)}
         fetchers = {p.node_id: p for p in live if p.node_id and fleet.commit in p.fetching}
@@ -269,6 +279,7 @@ class _Round:
                 self.progress_at[member] = now  # its wait starts now
         for member, source in self.members.items():
             if member not in self.pollers or self.pollers[member].done():
+                self.ended += [self.pollers[member]] if member in self.pollers else []
                 self.pollers[member] = asyncio.create_task(self._poll(member, source))
         if len(ids) > 1:
             shares = ", ".join(f"{m[:8]}: {len(b)}" for m, b in buckets.items())
@@ -290,9 +301,9 @@ class _Round:
     def _drop(self, member: str, why: str) -> None:
         self.fleet.drop(member, why)
         if self.members.pop(member, None) is not None:
-            task = self.pollers.pop(member, None)
+            task = self.pollers.get(member)
             if task is not None:
-                task.cancel()
+                task.cancel()  # awaited with the others when the round ends
             self._assign()
 
     # -- fetching --------------------------------------------------------------------------
