@@ -161,6 +161,7 @@ class _Pull:
         self.rejected: list[str] = []
         self.backing_off: set[Source] = set()
         self.fleet: Fleet | None = None
+        self.ref: str | None = None  # the ref being moved, once the transaction starts
         self.fleet_checked = False
 
     # -- the whole pull --------------------------------------------------------------------
@@ -384,7 +385,7 @@ class _Pull:
 
     async def _transaction(self, chosen: VerifiedCommit, ref: str | None) -> None:
         """Store the commit and its closure under the shared lock and a lease, then move the ref."""
-        self.checksum = chosen.checksum
+        self.checksum, self.ref = chosen.checksum, ref
         lock = self.repo.lock(exclusive=False)
         # flock may wait for a prune to finish: not on the event loop.
         await asyncio.to_thread(lock.__enter__)
@@ -544,7 +545,7 @@ class _Pull:
             if options is not None and not any(s.holds_complete(self.checksum) for s in peers):
                 usable = [s for s in self.sources if s not in self.backing_off]
                 parallel = self.options.parallel
-                self.fleet = Fleet.of(options.node_id, self.checksum, usable, self._sink, parallel)
+                self.fleet = Fleet.of(options.node_id, self.checksum, self.ref, usable, self._sink, parallel)
         return self.fleet
 
     async def _spread(self, names: list[ObjectName]) -> list[ObjectName]:

@@ -105,13 +105,16 @@ class Fleet:
     origins: list[Source]
     sink: Sink
     parallel: int
+    ref: str | None = None  # the ref being pulled, if any
     dropped: dict[str, str] = field(default_factory=dict)  # node id -> why, for the rest of the pull
     refreshed_at: float = float("-inf")
     answering: set[str] = field(default_factory=set)  # node ids whose info answered last time
     misses: dict[str, int] = field(default_factory=dict)  # node id -> info reads failed in a row
 
     @classmethod
-    def of(cls, me: str, commit: str, sources: Sequence[Source], sink: Sink, parallel: int) -> Fleet | None:
+    def of(
+        cls, me: str, commit: str, ref: str | None, sources: Sequence[Source], sink: Sink, parallel: int
+    ) -> Fleet | None:
         """The fleet of a pull, or None when it does not apply: no origin, or no other peer."""
         origins = [s for s in sources if s.kind == "archive" and s.usable]
         peers = [
@@ -119,7 +122,7 @@ class Fleet:
         ]
         if not origins or not peers:
             return None
-        return cls(me, commit, peers, origins, sink, parallel)
+        return cls(me, commit, peers, origins, sink, parallel, ref)
 
     async def fetch(self, names: Sequence[ObjectName]) -> dict[ObjectName, list[str]]:
         """Store ``names``, split with the other members; returns those no origin could provide."""
@@ -259,9 +262,7 @@ class _Round:
         # Peers that answer but do not fetch this commit (yet: they may be about to) would own some
         # objects: this node fetches those last, so that a peer joining a moment later finds them
         # still to do, instead of both fetching them.
-        waiting = (
-            [] if self.holder_mode else sorted(self.fleet.answering - set(ids) - set(self.fleet.dropped))
-        )
+        waiting = [] if self.holder_mode else sorted(self._likely_to_join(set(ids)))
         deferred: list[ObjectName] = []
         for name in self.pending:
             first = owner(name.checksum, [*ids, *waiting])
@@ -285,6 +286,19 @@ class _Round:
             shares = ", ".join(f"{m[:8]}: {len(b)}" for m, b in buckets.items())
             log.debug("%s: %d objects split: %s", self.fleet.commit[:12], len(self.pending), shares)
         self._wake()
+
+    def _likely_to_join(self, members: set[str]) -> set[str]:
+        """Answering peers not pulling the commit that may start to: fresh machines (no refs yet)
+        and machines holding the ref being pulled (at an older commit)."""
+        fleet = self.fleet
+        return {
+            p.node_id
+            for p in fleet.candidates()
+            if p.node_id is not None
+            and p.node_id in fleet.answering
+            and p.node_id not in members
+            and (not p.refs or (fleet.ref is not None and fleet.ref in p.refs))
+        }
 
     async def _refresh_loop(self) -> None:
         while True:
