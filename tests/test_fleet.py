@@ -27,7 +27,7 @@ from tests.fleet_lan import (
     machine_config,
     publish,
 )
-from tests.fleet_liar import NODE_ID as LIAR
+from tests.fleet_liar import NODE_IDS
 from tests.lan_daemons import LanDaemon, wait_for
 from tests.netns import netns_lan_context, require_namespaces
 
@@ -142,29 +142,30 @@ def test_a_machine_killed_mid_share_costs_the_others_a_delay_and_finishes_once_r
     assert sum(sent.values()) <= 2 * len(archive_objects(origin.repo)), sent.most_common(3)
 
 
-def test_a_peer_serving_garbage_is_demoted_and_the_others_finish(
+def test_liars_cost_a_bounded_delay_and_the_one_serving_garbage_is_demoted(
     lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
 ) -> None:
     netns, origin, commit = lan
-    liar_url = f"http://{netns['d'].address}:{SHARING_PORT}/"
-    liar = netns.python(
-        "d", "-m", "tests.fleet_liar", str(SHARING_PORT), commit,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    # Two liars on host d, both claiming to fetch the commit: one serves garbage, one never serves.
+    liars = {mode: SHARING_PORT + i for i, mode in enumerate(NODE_IDS)}
+    argv = [["-m", "tests.fleet_liar", str(port), commit, mode] for mode, port in liars.items()]
+    procs = [netns.python("d", *a, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for a in argv]
     try:
-        extra = f'peers = ["{liar_url}"]\n'
-        fleet = [machines(host, machine_config(origin, extra=extra)) for host in MACHINES[:3]]
+        urls = ", ".join(f'"http://{netns["d"].address}:{port}/"' for port in liars.values())
+        fleet = [machines(host, machine_config(origin, extra=f"peers = [{urls}]\n")) for host in MACHINES[:3]]
         for machine in fleet:
             machine.launch()
         wait_all_hold(fleet, commit)
         for machine in fleet:
             fsck_clean(machine)
-        for machine in fleet:
-            row = machine.table().get(LIAR)
-            assert row is not None and row["health"] == "demoted", (machine.host, row)
+            table = machine.table()
+            assert table[NODE_IDS["garbage"]]["health"] == "demoted", (machine.host, table)
+            # The silent one only cost a wait: its share was taken over.
+            assert f"{NODE_IDS['silent']}: taking over its share" in machine.log.read_text()
     finally:
-        liar.kill()
-        liar.wait(10)
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_a_machine_alone_fetches_everything_from_the_origin_once(
