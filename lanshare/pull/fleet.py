@@ -49,7 +49,7 @@ NODE_ID_FILE = "node-id"
 # for a few large objects over a shared slow uplink, short enough to bound a liar's cost.
 STALL_AFTER = 8.0
 # How often a member is asked for its share while it serves nothing new (backing off to the max).
-POLL_FIRST, POLL_MAX = 0.1, 1.0
+POLL_FIRST, POLL_MAX = 0.1, 0.5
 # How often the members' info documents are read again (who fetches, who holds the commit now).
 INFO_EVERY = 0.5
 # The longest the origin waits for the first look at what the members already hold.
