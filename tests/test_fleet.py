@@ -179,3 +179,28 @@ def test_a_machine_alone_fetches_everything_from_the_origin_once(
     fsck_clean(alone)
     sent = origin.objects_sent(since)
     assert set(sent.values()) == {1}, sent.most_common(3)
+
+
+def test_a_pull_run_by_hand_splits_the_commit_with_the_daemons_pulling_it(
+    lan: tuple[NetnsLan, Origin, str], machines: Callable[[str, str], LanDaemon]
+) -> None:
+    _, origin, commit = lan
+    since = origin.offset()
+    # A's daemon follows nothing: its user runs `lanshare pull` by hand while B's daemon pulls.
+    a = machines("a", machine_config(origin).replace('refs = ["os/stable"]', "refs = []"))
+    b = machines("b", machine_config(origin))
+    a.launch()
+    b.launch()
+    a.wait_listening()
+    wait_for(lambda: len(a.table()) == 1, "A to discover B")
+    done = a.cli("pull", "--json", "os/stable")
+    result = json.loads(done.stdout)
+    assert result["commit"] == commit
+    wait_all_hold([a, b], commit)
+    fsck_clean(a)
+    by_source = result["sources"]
+    assert by_source.get("origin", {}).get("objects", 0) < len(archive_objects(origin.repo))
+    assert any(name != "origin" and s["objects"] for name, s in by_source.items()), by_source
+    sent = origin.objects_sent(since)
+    repeats = sum(n - 1 for path, n in sent.items() if not path.endswith((".commit", ".commitmeta")))
+    assert repeats <= 6, sent.most_common(3)
