@@ -20,6 +20,9 @@ or a member waited for until it is dropped — a bounded delay, never a stuck pu
 
 Before the first objects go to the origin, every member is asked once for everything missing here
 (a machine that starts late gets what the others already have), waiting at most :data:`SWEEP_WAIT`.
+Peers that answer but do not pull the commit yet, and are likely to (fresh machines, or holding
+its ref), would own some objects too: those are fetched last, not before :data:`DEFER_GRACE`
+seconds into the pull, so that a machine switched on a moment later still finds them to do.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from typing import BinaryIO
 
 from lanshare.config import Config
 from lanshare.errors import CorruptObject
-from lanshare.ostree.objects import ObjectType
 from lanshare.pull.http import Timeouts
 from lanshare.pull.sources import PeerSource, Sink, Source
 from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
@@ -54,6 +56,8 @@ POLL_FIRST, POLL_MAX = 0.1, 0.5
 INFO_EVERY = 0.5
 # The longest the origin waits for the first look at what the members already hold.
 SWEEP_WAIT = 2.0
+# Peers likely to pull the same commit (fresh ones, or holding its ref) get this long from the
+# start of a pull to join before their would-be share is fetched here.
 DEFER_GRACE = 3.0
 # Rounds of at least this many objects are logged (the files of a commit, mostly).
 LOG_AT = 64
@@ -108,6 +112,7 @@ class Fleet:
     ref: str | None = None  # the ref being pulled, if any
     dropped: dict[str, str] = field(default_factory=dict)  # node id -> why, for the rest of the pull
     refreshed_at: float = float("-inf")
+    started: float = field(default_factory=time.monotonic)
     answering: set[str] = field(default_factory=set)  # node ids whose info answered last time
     misses: dict[str, int] = field(default_factory=dict)  # node id -> info reads failed in a row
 
@@ -160,10 +165,9 @@ class _Round:
         self.started = time.monotonic()
         self.stats = [0, 0]  # objects from the origin, from peers
         self.deferred: set[ObjectName] = set()
-        # The files of a commit are most of its bytes: a peer switched on a little later than this
-        # one gets DEFER_GRACE to join before this node fetches what would be that peer's share.
-        files = any(n.kind is ObjectType.FILE for n in names)
-        self.defer_until = self.started + (DEFER_GRACE if files else 0.0)
+        # A peer switched on a little later than this one gets DEFER_GRACE from the start of the
+        # pull to join before this node fetches what would be that peer's share.
+        self.defer_until = fleet.started + DEFER_GRACE
         self.swept_at = 0.0
 
     # -- the round -------------------------------------------------------------------------
