@@ -6,8 +6,9 @@ peer table) and the origin — then record what arrived in the index, refresh th
 prune.  One round runs at a time (an :class:`asyncio.Lock`); an error is logged and the next
 round tries again, the daemon never stops for it.
 
-- **Origin poll** (only with ``[origin] url``): a round at start, then every ``poll_interval``
-  ± 10 % (jitter, so a fleet switched on together does not hit the origin together).
+- **Origin poll** (only with ``[origin] url``): a round at start — on a LAN, after discovery had
+  :data:`SETTLE` seconds (plus jitter) to find the peers to split the download with — then every
+  ``poll_interval`` ± 10 % (jitter, so a fleet switched on together does not hit the origin together).
 - **LAN convergence**: every :data:`LAN_INTERVAL` seconds, look at what each peer holds (the peer
   table, a local read; static peers missing from it are asked at most every
   :data:`STATIC_PROBE_INTERVAL` seconds); when one
@@ -25,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -36,19 +37,23 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lanshare.config import Config
-from lanshare.discovery.peers import peer_url
+from lanshare.discovery.peers import TablePeers, peer_url
 from lanshare.errors import Error
 from lanshare.follow import Follower, FollowReport
 from lanshare.index import sync
+from lanshare.index.db import writer
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX, refresh_summary
+from lanshare.plan import plan_from_config
 from lanshare.prune import prune
 from lanshare.pull import PlanEntry, PullOptions, SourceSpec, StaticPeers, Timeouts, TrustPolicy
 from lanshare.pull.errors import SourceFailure
-from lanshare.pull.sources import plan_from_config, probe_info
+from lanshare.pull.fleet import fleet_options
+from lanshare.pull.sources import probe_info
 from lanshare.retention import PinRule, RetentionPolicy
+from lanshare.server.limits import PeerStats
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +61,13 @@ log = logging.getLogger(__name__)
 # lacks, and before a set of commits that could not be fetched is tried again.
 LAN_INTERVAL = 2.0
 STATIC_PROBE_INTERVAL = 10.0
+FLUSH_INTERVAL = 10.0
 RETRY_AFTER = 600.0
 JITTER = 0.10
+# The first origin round waits this long for discovery to find the LAN's machines, plus up to
+# START_JITTER (lanshare.pull.fleet splits a commit between the machines pulling it at once).
+SETTLE = 3.0
+START_JITTER = 1.0
 _PROBE_TIMEOUTS = Timeouts(connect=3.0, read=5.0, low_speed_time=5.0)
 
 
@@ -132,14 +142,30 @@ def retention_policy(config: Config, engine: Engine, now: float) -> RetentionPol
 class Background:
     """The origin poll and LAN convergence loops of one daemon; an async context manager."""
 
-    def __init__(self, config: Config, repo: Repo, index: Engine, node_id: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        repo: Repo,
+        index: Engine,
+        node_id: str,
+        served: Callable[[], Mapping[str, PeerStats]] | None = None,
+    ) -> None:
         self.config = config
+        # The LAN listener's bytes served per client address since start, added to the peers'
+        # bytes_out in the index every FLUSH_INTERVAL; ``flushed`` is how much of it is there.
+        self.served = served
+        self.flushed: dict[str, int] = {}
+        self._flushed_at = time.monotonic()
         self.repo = repo
         self.index = index
         self.node_id = node_id
         self.lock = asyncio.Lock()
         self.fleet = FleetPeers(config.sharing.peers, node_id)
-        options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
+        options = PullOptions(
+            trust=TrustPolicy.from_config(config.trust),
+            parallel=config.pull.parallel,
+            fleet=fleet_options(config, node_id),
+        )
         self.follower = Follower(repo, self.plan, options, index)
         self.rounds = 0  # completed rounds, for tests and the status page
         # Refs the followed ones led to through checkpoint targets (os/stable → os/stable-v2):
@@ -153,7 +179,11 @@ class Background:
 
     def plan(self) -> list[PlanEntry]:
         """``[pull] order`` over the fleet's peers and the origin."""
-        return [self.fleet if isinstance(e, StaticPeers) else e for e in plan_from_config(self.config)]
+        plan = [self.fleet if isinstance(e, StaticPeers) else e for e in plan_from_config(self.config)]
+        for entry in plan:
+            if isinstance(entry, TablePeers):
+                entry.wait_for_discovery = False  # the first round already waited SETTLE seconds
+        return plan
 
     async def __aenter__(self) -> Background:
         if self.config.origin.url is not None:
@@ -168,6 +198,7 @@ class Background:
             task.cancel()
         # A pull cut short leaves only verified objects; its transfer row says "failed".
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush_served()
 
     # -- rounds ----------------------------------------------------------------------------
 
@@ -228,8 +259,18 @@ class Background:
 
     # -- the loops -------------------------------------------------------------------------
 
+    def first_round_delay(self) -> float:
+        """Seconds before the first origin round: none for a machine that has no LAN to share with;
+        else discovery gets :data:`SETTLE` seconds to find the peers switched on with this one (to
+        split the download with them), plus up to :data:`START_JITTER` so they do not all start at once."""
+        sharing = self.config.sharing
+        if not self.config.pull.coordinate or not (sharing.discovery or sharing.peers):
+            return 0.0
+        return SETTLE + random.uniform(0, START_JITTER)
+
     async def _origin_loop(self) -> None:
         interval = self.config.origin.poll_interval.total_seconds()
+        await asyncio.sleep(self.first_round_delay())
         while True:
             await self._guarded(self.round("origin poll"))
             await asyncio.sleep(jittered(interval))
@@ -238,6 +279,25 @@ class Background:
         while True:
             await asyncio.sleep(jittered(LAN_INTERVAL))
             await self._guarded(self.converge())
+            if time.monotonic() - self._flushed_at >= FLUSH_INTERVAL:
+                await self._guarded(self.flush_served())
+
+    async def flush_served(self) -> None:
+        """Add what the LAN listener served each peer since the last flush to its ``bytes_out``."""
+        self._flushed_at = time.monotonic()
+        if self.served is None:
+            return
+        sent = {ip: s.bytes_out for ip, s in self.served().items()}
+        delta = {ip: n - self.flushed.get(ip, 0) for ip, n in sent.items() if n > self.flushed.get(ip, 0)}
+        if not delta:
+            return
+        try:
+            claimed = await asyncio.to_thread(_add_bytes_out, self.index, delta)
+        except SQLAlchemyError as e:
+            log.warning("cannot record the bytes served to peers: %s", str(e).splitlines()[0])
+            return
+        # A new dict, not an update: the status page reads it from its own thread.
+        self.flushed = {**self.flushed, **{ip: sent[ip] for ip in claimed}}
 
     async def _guarded(self, work: Awaitable[object]) -> None:
         try:
@@ -318,6 +378,19 @@ class Background:
         }
         newest = info.get("newest_checkpoint")
         return PeerView(url, refs, newest if isinstance(newest, str) and is_checksum(newest) else None)
+
+
+def _add_bytes_out(engine: Engine, delta: Mapping[str, int]) -> set[str]:
+    """Add ``delta`` (bytes per client address) to the peers at those addresses; the addresses
+    that matched a peer (the others stay unflushed: a peer may enter the table later)."""
+    claimed: set[str] = set()
+    with Session(writer(engine)) as session, session.begin():
+        for peer in session.scalars(select(Peer)):
+            mine = [ip for ip in peer.addresses if ip in delta and ip not in claimed]
+            if mine:
+                peer.bytes_out = (peer.bytes_out or 0) + sum(delta[ip] for ip in mine)
+                claimed.update(mine)
+    return claimed
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -624,6 +624,9 @@ class PullConfig:
 
     order: tuple[PullSource, ...] = field(default=("lan", "origin"), metadata=_spec(_pull_order, _env_list))
     parallel: int = field(default=8, metadata=_spec(_integer(1, 64), _env_int))
+    # Split a commit's objects with the LAN machines pulling it too (lanshare.pull.fleet);
+    # false: each machine fetches everything it cannot get from a peer holding it (the old way).
+    coordinate: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
 
 
 @dataclass(frozen=True)

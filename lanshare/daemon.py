@@ -45,7 +45,7 @@ from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.power import SharingSwitch
 from lanshare.ref_watch import ref_watch_ctx
-from lanshare.server import LanLimits, create_lan_app
+from lanshare.server import HOLDINGS, LEDGER, LanLimits, create_lan_app
 from lanshare.status.app import status_listener_ctx
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,8 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
     listen = config.sharing.listen
     limits = LanLimits.from_config(config.sharing)
     lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
+    # The info document announces the commits this machine's pulls are fetching (lanshare.pull.fleet).
+    lan_app[HOLDINGS].engine = app[INDEX]
     # Outermost: while sharing is paused nothing else runs, not even the connection limit.
     lan_app.middlewares.insert(0, app[SHARING].middleware())
     await app[SHARING].check()  # on battery from the first request, not 30 s later
@@ -204,7 +206,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     watcher = asyncio.create_task(app[SHARING].watch(), name="power and network watch")
     try:
-        async with Background(config, app[REPO], app[INDEX], app[NODE_ID]) as background:
+        served = app[LAN_APP][LEDGER].snapshot
+        async with Background(config, app[REPO], app[INDEX], app[NODE_ID], served) as background:
             app[BACKGROUND] = background
             yield
     finally:

@@ -48,7 +48,7 @@ from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.pull import PullError, PullOptions, pull
 from lanshare.pull.engine import ProgressCallback
 from lanshare.pull.errors import SourceFailure
-from lanshare.pull.sources import PlanEntry, expand_plan, open_sources
+from lanshare.pull.sources import PlanEntry, expand_plan, open_sources, why_no_sources
 from lanshare.update_path import MAX_HISTORY, PathError, RepoGraph, Step, UpdatePath, compute_path
 from lanshare.wire import ObjectName
 
@@ -280,7 +280,7 @@ async def choose_ref(fetcher: Fetcher, deployed: Deployed, ref: str | None) -> s
     if ref is not None:
         return ref
     if not held and deployed.ref is None:
-        where = "no source has it" if fetcher.has_sources else "no source is configured"
+        where = "no source has it" if fetcher.has_sources else why_no_sources(fetcher.plan)
         raise UpgradeError(
             f"deployed commit {commit} (from {deployed.source}) is unknown: it is not in the "
             f"repository and {where}"
@@ -432,8 +432,8 @@ class Upgrade:
             return
         if not self.fetcher.has_sources:
             raise UsageError(
-                f"step {step.commit} ({step.ref}) is only held as a commit object and no source is "
-                "configured: set [origin] url or [sharing] peers"
+                f"step {step.commit} ({step.ref}) is only held as a commit object and there is no "
+                f"source to fetch it from: {why_no_sources(self.fetcher.plan)}"
             )
         try:
             await self.fetcher.pull(step.commit)

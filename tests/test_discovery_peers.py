@@ -16,6 +16,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,15 +29,16 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from lanshare.config import load_config
+from lanshare.discovery import peers as peers_module
 from lanshare.discovery.peers import HealthMonitor, PeerTable, TablePeers, health_label
 from lanshare.index.db import open_index
 from lanshare.index.models import Peer, utcnow
 from lanshare.ostree.repo import Repo
+from lanshare.plan import plan_from_config
 from lanshare.pull import ProgressUpdate, PullOptions, PullResult, SourceSpec, StaticPeers, TrustPolicy, pull
 from lanshare.pull.records import PeerKey, Recorder
-from lanshare.pull.sources import plan_from_config
 from lanshare.server import LanLimits, create_lan_app
-from tests.conftest import build_tree
+from tests.conftest import build_tree, lanshare
 from tests.fleet import serve_app
 from tests.lan_daemons import LanDaemon, wait_for
 from tests.netns import NetnsLan, loopback_host, netns_lan  # noqa: F401
@@ -478,3 +480,27 @@ def test_a_flood_of_adverts_waits_its_turn_and_never_crowds_out_an_honest_one() 
     asyncio.run(scenario())
     assert "honest._lanshare._tcp.local." in resolved
     assert len(resolved) == browse.MAX_RESOLVING + 101
+
+
+def test_a_command_waits_for_a_young_daemon_to_discover_and_says_when_none_was_found(
+    tmp_path: Path, index: Engine, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(peers_module, "DISCOVERY_WAIT", 1.0)
+    state = tmp_path / "state"
+    state.mkdir()
+    url_db = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    # No daemon runs here: nothing to wait for, and the message says so.
+    assert TablePeers(url_db, (), state).peer_specs() == []
+    assert "no lanshare daemon runs here" in TablePeers(url_db, (), state).why_empty()
+    # A daemon that just started: the command waits (up to DISCOVERY_WAIT) for discovery.
+    (state / "lan-address").write_text("0.0.0.0:8089\n")
+    started = time.monotonic()
+    assert TablePeers(url_db, (), state).peer_specs() == []
+    assert time.monotonic() - started >= 0.5
+    # `lanshare pull` with discovery on and no origin: the error says what discovery found.
+    config = tmp_path / "lanshare.toml"
+    config.write_text(f'[repo]\npath = "{tmp_path / "repo"}"\n[database]\nurl = "{url_db}"\n')
+    monkeypatch.setenv("LANSHARE_STATE_DIR", str(state))
+    assert lanshare("pull", "os/stable", "--config", config) != 0
+    err = capsys.readouterr().err
+    assert "no peer has been discovered yet (the daemon has looked for" in err, err

@@ -441,9 +441,9 @@ async def test_info_is_cached_until_refs_change(
     computed = []
     original = holdings_module.compute_info
 
-    def counting(repo: Repo, node_id: str) -> dict[str, Any]:
+    def counting(repo: Repo, node_id: str, *rest: Any) -> dict[str, Any]:
         computed.append(1)
-        return original(repo, node_id)
+        return original(repo, node_id, *rest)
 
     monkeypatch.setattr(holdings_module, "compute_info", counting)
     client = await _client(aiohttp_client, served)

@@ -14,9 +14,10 @@ from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
 from lanshare.index import sync
 from lanshare.ostree.repo_summary import refresh_summary
+from lanshare.plan import plan_from_config
 from lanshare.pull import ProgressUpdate, PullError, PullOptions, PullResult, TrustPolicy, pull
 from lanshare.pull.engine import ProgressCallback
-from lanshare.pull.sources import plan_from_config
+from lanshare.pull.fleet import fleet_options
 from lanshare.units import format_size
 
 
@@ -69,7 +70,11 @@ def run_pull(args: argparse.Namespace) -> int:
     repo = ctx.repo
     # A bare --repo with no config file has no state directory to keep an index in.
     index = ctx.index if config.files or args.repo is None else None
-    options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
+    options = PullOptions(
+        trust=TrustPolicy.from_config(config.trust),
+        parallel=config.pull.parallel,
+        fleet=fleet_options(config),
+    )
     try:
         with _progress(not args.json) as progress:
             result = asyncio.run(

@@ -16,8 +16,9 @@ from lanshare.deploy.owner import Identity
 from lanshare.deploy.reboot import reboot
 from lanshare.errors import Error, UsageError
 from lanshare.ostree.objects import is_checksum
+from lanshare.plan import plan_from_config
 from lanshare.pull import PullOptions, TrustPolicy
-from lanshare.pull.sources import plan_from_config
+from lanshare.pull.fleet import fleet_options
 from lanshare.update_path import Step
 from lanshare.upgrade import (
     EXIT_FAILED,
@@ -127,7 +128,11 @@ def _upgrade(ctx: Context, args: argparse.Namespace, identity: Identity) -> Upgr
     # A bare --repo with no config file has no state directory to keep an index in (as lanshare pull).
     index = ctx.index if config.files or args.repo is None else None
     json_output: bool = args.json
-    options = PullOptions(trust=TrustPolicy.from_config(config.trust), parallel=config.pull.parallel)
+    options = PullOptions(
+        trust=TrustPolicy.from_config(config.trust),
+        parallel=config.pull.parallel,
+        fleet=fleet_options(config),
+    )
     fetcher = Fetcher(
         ctx.repo, plan_from_config(config), options, index, partial(_progress, not json_output), _warn
     )

@@ -18,6 +18,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,10 +56,15 @@ FULL_CHECK_EVERY = 15
 MAX_ADDRESSES = 8
 _PARALLEL_CHECKS = 8
 
-# The daemon's node id file in the state directory (lanshare.daemon.NODE_ID_FILE).
+# The daemon's node id file in the state directory (lanshare.daemon.NODE_ID_FILE), and the file
+# it writes once its LAN listener is up (lanshare.daemon.LAN_ADDRESS_FILE).
 NODE_ID_FILE = "node-id"
+LAN_ADDRESS_FILE = "lan-address"
+# A command run while the daemon is younger than this waits for discovery to find a peer.
+DISCOVERY_WAIT = 5.0
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MAX_REFS = 10_000
+_MAX_PULLED = 64
 
 INFO_PATH = wire.API_PREFIX.lstrip("/") + "/info"
 
@@ -81,6 +87,22 @@ class Sighting:
     holdings: Mapping[str, str] = field(default_factory=dict)  # advertised ref -> commit
     holdings_digest: str | None = None
     newest_checkpoint: str | None = None
+    pulled: Mapping[str, Mapping[str, int]] | None = None  # commit -> origin/peers bytes it reported
+
+
+def _pulled(info: Mapping[str, object]) -> dict[str, dict[str, int]] | None:
+    """The ``pulled`` report of an info document, checked (None when absent or malformed)."""
+    raw = info.get("pulled")
+    if not isinstance(raw, dict) or len(raw) > _MAX_PULLED:
+        return None
+    pulled: dict[str, dict[str, int]] = {}
+    for commit, counts in raw.items():
+        if not (isinstance(commit, str) and is_checksum(commit) and isinstance(counts, dict)):
+            continue
+        origin, peers = counts.get("origin"), counts.get("peers")
+        if isinstance(origin, int) and isinstance(peers, int) and 0 <= origin < 2**62 and 0 <= peers < 2**62:
+            pulled[commit] = {"origin": origin, "peers": peers}
+    return pulled
 
 
 def sighting_from_info(info: Mapping[str, object], addresses: Sequence[str], port: int) -> Sighting:
@@ -103,6 +125,7 @@ def sighting_from_info(info: Mapping[str, object], addresses: Sequence[str], por
         holdings=holdings,
         holdings_digest=digest if isinstance(digest, str) and is_checksum(digest) else None,
         newest_checkpoint=newest if isinstance(newest, str) and is_checksum(newest) else None,
+        pulled=_pulled(info),
     )
 
 
@@ -151,6 +174,8 @@ class PeerTable:
                 peer.holdings_digest = sighting.holdings_digest
                 peer.newest_checkpoint = sighting.newest_checkpoint
                 peer.collection_id = sighting.collection_id
+            if sighting.pulled is not None:
+                peer.pulled = {c: dict(counts) for c, counts in sighting.pulled.items()}
             _mark_up(peer, now)
 
     def alive(self, node_id: str) -> None:
@@ -357,12 +382,44 @@ class TablePeers:
     database_url: str
     static_urls: tuple[str, ...] = ()
     state_dir: Path | None = None  # where the daemon keeps its node id: its own row is skipped
+    # Commands wait for a young daemon's discovery; the daemon itself never blocks its loop on it.
+    wait_for_discovery: bool = True
     _engine: Engine | None = None
 
     def peer_specs(self) -> Sequence[SourceSpec]:
-        """The peers to try, best first."""
-        specs = [SourceSpec(peer_url(p.addresses[0], p.port), "peer") for p in self._ranked()]
+        """The peers to try, best first.
+
+        With nothing to offer while the daemon has been up less than :data:`DISCOVERY_WAIT`
+        seconds (a command run right after boot), wait for discovery to find someone until then.
+        """
+        rows = self._ranked()
+        if not rows and not self.static_urls and self.wait_for_discovery:
+            rows = self._wait_for_discovery()
+        specs = [SourceSpec(peer_url(p.addresses[0], p.port), "peer") for p in rows]
         return specs + [SourceSpec(url, "peer") for url in self.static_urls]
+
+    def why_empty(self) -> str:
+        """Why there is no peer to offer, for the "nothing to pull from" message."""
+        age = self._daemon_age()
+        if age is None:
+            return "discovery is on, but no lanshare daemon runs here to discover peers"
+        return f"no peer has been discovered yet (the daemon has looked for {age:.0f} s)"
+
+    def _daemon_age(self) -> float | None:
+        """Seconds since this machine's daemon started listening, or None when it does not run."""
+        if self.state_dir is None:
+            return None
+        try:
+            return max(time.time() - (self.state_dir / LAN_ADDRESS_FILE).stat().st_mtime, 0.0)
+        except OSError:
+            return None
+
+    def _wait_for_discovery(self) -> list[Peer]:
+        rows: list[Peer] = []
+        while not rows and (age := self._daemon_age()) is not None and age < DISCOVERY_WAIT:
+            time.sleep(min(0.25, DISCOVERY_WAIT - age))
+            rows = self._ranked()
+        return rows
 
     def _ranked(self) -> list[Peer]:
         try:

@@ -249,6 +249,9 @@ class Peer(Base):
     newest_checkpoint: Mapped[str | None] = mapped_column(String(CHECKSUM_LENGTH))
     # Bytes per second of the last transfer from this peer, to rank peers.
     last_rate: Mapped[float | None] = mapped_column(Float)
+    # Commit -> {"origin": bytes, "peers": bytes} the peer says its recent pulls took (its info's
+    # "pulled"), for the LAN-wide origin/peer split on the status page.
+    pulled: Mapped[dict[str, Any] | None] = mapped_column(JSON())
 
     def __repr__(self) -> str:
         return f"<Peer {self.node_id} {self.addresses}:{self.port} healthy={self.healthy}>"
@@ -271,6 +274,9 @@ class Transfer(Base):
     objects_total: Mapped[int | None] = mapped_column(Integer)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     bytes_total: Mapped[int | None] = mapped_column(BigInteger)
+    # Of bytes_done, what came from the origin (any non-peer source) and from LAN peers.
+    bytes_origin: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    bytes_peers: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)

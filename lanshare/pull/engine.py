@@ -31,10 +31,18 @@ from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
+from lanshare.pull.fleet import Fleet, FleetOptions
 from lanshare.pull.http import Timeouts
 from lanshare.pull.pipeline import StorePipeline, store_group, store_one
 from lanshare.pull.records import PeerKey, Recorder
-from lanshare.pull.sources import PlanEntry, Source, expand_plan, open_sources, run_workers
+from lanshare.pull.sources import (
+    PlanEntry,
+    Source,
+    expand_plan,
+    open_sources,
+    run_workers,
+    why_no_sources,
+)
 from lanshare.pull.upstream import keep_upstream_summary
 from lanshare.pull.verify import TrustPolicy, VerifiedCommit, check_not_older, verify_commit
 from lanshare.wire import MAX_BATCH_OBJECTS, ObjectName
@@ -57,6 +65,9 @@ class PullOptions:
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     parallel: int = 8
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # This node's place among LAN machines pulling the same commit (lanshare.pull.fleet); None:
+    # fetch alone (no node id, or ``[pull] coordinate = false``).
+    fleet: FleetOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,9 @@ class _Pull:
         self.rejected: list[str] = []
         self.backing_off: set[Source] = set()
         self.pipeline = StorePipeline(repo)
+        self.fleet: Fleet | None = None
+        self.ref: str | None = None  # the ref being moved, once the transaction starts
+        self.fleet_checked = False
 
     # -- the whole pull --------------------------------------------------------------------
 
@@ -165,12 +179,10 @@ class _Pull:
             ref = target
         elif ref is not None:
             validate_ref(ref)
+        plan = list(plan)
         specs = expand_plan(plan)
         if not specs:
-            raise UsageError(
-                "nothing to pull from: set origin.url or sharing.peers in the configuration, "
-                "or pass --from URL"
-            )
+            raise UsageError(f"nothing to pull from: {why_no_sources(plan)}")
         timeouts = self.options.timeouts
         parallel = self.options.parallel
         connector = aiohttp.TCPConnector(limit=parallel * 2, limit_per_host=parallel)
@@ -379,7 +391,7 @@ class _Pull:
 
     async def _transaction(self, chosen: VerifiedCommit, ref: str | None) -> None:
         """Store the commit and its closure under the shared lock and a lease, then move the ref."""
-        self.checksum = chosen.checksum
+        self.checksum, self.ref = chosen.checksum, ref
         lock = self.repo.lock(exclusive=False)
         # flock may wait for a prune to finish: not on the event loop.
         await asyncio.to_thread(lock.__enter__)
@@ -390,6 +402,8 @@ class _Pull:
             try:
                 await asyncio.to_thread(self._store_commit, chosen)
                 await self._fetch_closure(chosen.commit)
+                # Before the ref moves: peers reading our info then see where the bytes came from.
+                await self.recorder.split(*self._split())
                 await asyncio.to_thread(self._finish, chosen, ref)
             except BaseException as e:
                 error = str(e) or type(e).__name__
@@ -399,10 +413,17 @@ class _Pull:
                 await self.recorder.progress(
                     self.objects_done, self.objects_total, self.bytes_done, force=True
                 )
+                await self.recorder.split(*self._split())
                 used = ", ".join(name for name, s in self.stats.items() if s.objects)
                 await self.recorder.finish(used, error)
         finally:
             lock.__exit__(None, None, None)
+
+    def _split(self) -> tuple[int, int]:
+        """Bytes stored so far from the origin (any source not a peer) and from LAN peers."""
+        peers = {s.name for s in self.sources if s.kind == "peer"}
+        from_peers = sum(s.bytes for name, s in self.stats.items() if name in peers)
+        return self.bytes_done - from_peers, from_peers
 
     async def _renew_lease(self) -> None:
         interval = self.recorder.lease_ttl.total_seconds() / 3
@@ -494,9 +515,15 @@ class _Pull:
             # Objects missing under a commit that looked complete: it is not, until we are done.
             await asyncio.to_thread(self._mark_partial, self.checksum)
         pending = list(names)
-        if len(pending) >= SPREAD_MIN_OBJECTS:
-            pending = await self._spread(pending)
         reasons: dict[ObjectName, list[str]] = {}
+        fleet = self._fleet()
+        if fleet is not None:
+            unavailable = await fleet.fetch(pending)
+            pending = [n for n in pending if n in unavailable]
+            for name, why in unavailable.items():
+                reasons[name] = list(why)
+        elif len(pending) >= SPREAD_MIN_OBJECTS:
+            pending = await self._spread(pending)
         for source in self.sources:
             if not pending:
                 break
@@ -512,6 +539,20 @@ class _Pull:
             first = pending[0]
             more = f" ({len(pending) - 1} more objects missing too)" if len(pending) > 1 else ""
             raise PullError(f"no source could provide {first}: " + "; ".join(reasons[first]) + more)
+
+    def _fleet(self) -> Fleet | None:
+        """The split with LAN machines pulling this commit too, decided at the first fetch: only
+        with an origin, peers to share with, and none of them holding the whole commit already
+        (then they serve it, as without a fleet)."""
+        if not self.fleet_checked:
+            self.fleet_checked = True
+            options = self.options.fleet
+            peers = [s for s in self.sources if s.kind == "peer" and s.usable and s not in self.backing_off]
+            if options is not None and not any(s.holds_complete(self.checksum) for s in peers):
+                usable = [s for s in self.sources if s not in self.backing_off]
+                parallel = self.options.parallel
+                self.fleet = Fleet.of(options.node_id, self.checksum, self.ref, usable, self._sink, parallel)
+        return self.fleet
 
     async def _spread(self, names: list[ObjectName]) -> list[ObjectName]:
         """Fetch ``names`` from every peer holding the whole commit at once; returns what none served.

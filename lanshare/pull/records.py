@@ -126,6 +126,17 @@ class Recorder:
                 transfer.objects_done, transfer.objects_total = objects_done, objects_total
                 transfer.bytes_done = bytes_done
 
+    async def split(self, origin: int, peers: int) -> None:
+        """Record how many of the transfer's bytes came from the origin and from LAN peers."""
+        if self.engine is not None and self._transfer_id is not None:
+            await self._write(self._split, self.engine, self._transfer_id, origin, peers)
+
+    def _split(self, engine: Engine, transfer_id: int, origin: int, peers: int) -> None:
+        with Session(writer(engine)) as session, session.begin():
+            transfer = session.get(Transfer, transfer_id)
+            if transfer is not None:
+                transfer.bytes_origin, transfer.bytes_peers = origin, peers
+
     async def drain(self) -> None:
         """Wait for the peer updates still being written."""
         if self._pending:

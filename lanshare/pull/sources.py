@@ -25,8 +25,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from lanshare import wire
-from lanshare.config import Config
-from lanshare.errors import CorruptObject, UsageError
+from lanshare.errors import CorruptObject
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.summary import parse_summary
 from lanshare.pull.errors import SourceFailure
@@ -107,32 +106,11 @@ def expand_plan(plan: Iterable[PlanEntry]) -> list[SourceSpec]:
     return specs
 
 
-def plan_from_config(config: Config, from_urls: Sequence[str] = ()) -> list[PlanEntry]:
-    """The sources of a pull: ``--from`` URLs if any, else ``[pull] order`` over peers and origin."""
-    if from_urls:
-        for url in from_urls:
-            try:
-                base_url(url)
-            except ValueError as e:
-                raise UsageError(f"--from: {e}") from None
-        return [SourceSpec(url) for url in from_urls]
-    plan: list[PlanEntry] = []
-    for kind in config.pull.order:
-        if kind == "lan":
-            plan.append(_lan_peers(config))
-        elif config.origin.url is not None:
-            plan.append(SourceSpec(config.origin.url, "archive", "origin"))
-    return plan
-
-
-def _lan_peers(config: Config) -> PeerProvider:
-    """The peer table (fed by mDNS and the daemon's health checks) with the static peers."""
-    if not config.sharing.discovery:
-        return StaticPeers(config.sharing.peers)
-    # Imported here: lanshare.discovery.peers builds on this module.
-    from lanshare.discovery.peers import TablePeers
-
-    return TablePeers(config.database.url, config.sharing.peers, config.state_dir)
+def why_no_sources(plan: Iterable[PlanEntry]) -> str:
+    """Why a plan offers no source: what its peer providers say (``why_empty``), else that none is set."""
+    reasons = [why() for entry in plan if (why := getattr(entry, "why_empty", None)) is not None]
+    configured = "set origin.url or sharing.peers in the configuration, or pass --from URL"
+    return "; ".join([*reasons, configured]) if reasons else f"no source is configured ({configured})"
 
 
 def base_url(url: str) -> str:
@@ -299,14 +277,30 @@ class PeerSource(Source):
         self.node_id = node_id if isinstance(node_id, str) and node_id else None
         collection_id = info.get("collection_id")
         self.collection_id = collection_id if isinstance(collection_id, str) else None
-        self.refs = _info_refs(info)
-        self.complete_commits = _complete_commits(info)
+        self._learn(info)
         if spec.name is None and self.node_id:
             self.name = f"{self.node_id} ({self.url})"
+
+    def _learn(self, info: dict[str, object]) -> None:
+        self.refs = _info_refs(info)
+        self.complete_commits = _complete_commits(info)
+        self.fetching = _fetching_commits(info)
 
     def holds_complete(self, checksum: str) -> bool:
         """Whether /lanshare/v1/info listed ``checksum`` as complete (not commit-only)."""
         return checksum in self.complete_commits
+
+    async def refresh_info(self, timeouts: Timeouts) -> bool:
+        """GET /lanshare/v1/info again (what the peer holds and fetches now); False if it did not
+        answer as the same node.  Never abandons the source: the info is only a hint."""
+        try:
+            info = await probe_info(self.session, self.url, timeouts)
+        except SourceFailure:
+            return False
+        if info.get("node_id") != self.node_id:
+            return False
+        self._learn(info)
+        return True
 
     async def resolve_ref(self, ref: str) -> str | None:
         """The ref as /lanshare/v1/info reported it, else as the peer's archive layout has it."""
@@ -427,6 +421,14 @@ def _complete_commits(info: dict[str, object]) -> frozenset[str]:
     )
 
 
+def _fetching_commits(info: dict[str, object]) -> frozenset[str]:
+    """Commits an info document says a pull on that node is fetching now: ``{"fetching": [..]}``."""
+    fetching = info.get("fetching")
+    if not isinstance(fetching, list):
+        return frozenset()
+    return frozenset(c for c in fetching[:64] if isinstance(c, str) and is_checksum(c))
+
+
 async def probe_info(session: aiohttp.ClientSession, url: str, timeouts: Timeouts) -> dict[str, object]:
     """GET ``/lanshare/v1/info``: the peer's info document, or SourceFailure if it is not a peer."""
     info_url = urljoin(base_url(url), wire.API_PREFIX.lstrip("/") + "/info")
@@ -491,4 +493,5 @@ __all__ = [
     "StaticPeers",
     "expand_plan",
     "open_sources",
+    "why_no_sources",
 ]

@@ -187,6 +187,7 @@ async def status_listener_ctx(app: web.Application) -> AsyncIterator[None]:
         lan_address=lan_address,
         status_address=status_address,
         served=served,
+        flushed=lambda: background.flushed if (background := app.get(daemon.BACKGROUND)) else {},
     )
     collector = StatusCollector(sources)
     status_app = create_status_app(collector, listen.host)

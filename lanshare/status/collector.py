@@ -76,6 +76,8 @@ class StatusSources:
     lan_address: Callable[[], str | None] = lambda: None
     status_address: Callable[[], str | None] = lambda: None
     served: Callable[[], dict[str, PeerStats]] = dict
+    # Of ``served``, what the daemon already added to the peers' bytes_out in the index.
+    flushed: Callable[[], dict[str, int]] = dict
 
 
 def _in_daemon_thread(function: Callable[[], T]) -> asyncio.Future[T]:
@@ -238,7 +240,7 @@ class StatusCollector:
             "deployed": deployed,
             "chain": self._chain,
             "pins": pins(src.config, src.index),
-            "index": index_part(src.index, src.served()),
+            "index": index_part(src.index, src.served(), src.flushed()),
             # A publisher's signed summary served although out of date (repo_summary.refresh_summary).
             "summary_warning": summary_state(src.repo).get("warning"),
         }

@@ -21,6 +21,8 @@ that reads the snapshot, so the numbers are the same ones the status page shows.
 ``lanshare_transfers``               gauge   transfers listed, by ``state``
 ``lanshare_pulled_bytes``            counter bytes pulled, by ``source`` (peers/origin)
 ``lanshare_served_bytes``            counter bytes the LAN listener served since start
+``lanshare_commit_pulled_bytes``     gauge   a recent commit's pulled bytes (``commit``, ``source``
+                                            origin/peers, ``scope`` node/lan)
 ``lanshare_served_requests``         counter requests the LAN listener answered since start
 ``lanshare_log_messages``            counter warnings and errors logged since start, by ``level``
 ==================================== ======= ============================================
@@ -101,6 +103,7 @@ class SnapshotCollector(Collector):
         pulled.add_metric(["peers"], s["savings"]["from_peers_bytes"])
         pulled.add_metric(["origin"], s["savings"]["from_origin_bytes"])
         yield pulled
+        yield from self._by_commit()
         yield CounterMetricFamily("lanshare_served_bytes", "Bytes served on the LAN", s["served"]["bytes"])
         yield CounterMetricFamily(
             "lanshare_served_requests", "Requests answered on the LAN", s["served"]["requests"]
@@ -109,6 +112,21 @@ class SnapshotCollector(Collector):
         for level in ("WARNING", "ERROR", "CRITICAL"):
             logged.add_metric([level], s["errors"]["totals"].get(level, 0))
         yield logged
+
+    def _by_commit(self) -> Iterator[Metric]:
+        by_commit = GaugeMetricFamily(
+            "lanshare_commit_pulled_bytes",
+            "Bytes of a recent commit's pulls, by source, on this node or the LAN (as peers report)",
+            labels=["commit", "source", "scope"],
+        )
+        for c in self.status["savings"]["by_commit"]:
+            for source, node_key, lan_key in (
+                ("origin", "origin_bytes", "lan_origin_bytes"),
+                ("peers", "peer_bytes", "lan_peer_bytes"),
+            ):
+                by_commit.add_metric([c["commit"], source, "node"], c[node_key])
+                by_commit.add_metric([c["commit"], source, "lan"], c[lan_key])
+        yield by_commit
 
     def _peers(self) -> Iterator[Metric]:
         peers = self.status["peers"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,8 +333,14 @@ def _peer_health(peer: Peer, now: dt.datetime) -> str:
     return "healthy" if peer.healthy else "failing"
 
 
-def index_part(engine: Engine, served: dict[str, PeerStats]) -> Json:
-    """Peers, transfers and where pulled bytes came from (blocking)."""
+def index_part(
+    engine: Engine, served: dict[str, PeerStats], flushed: Mapping[str, int] | None = None
+) -> Json:
+    """Peers, transfers and where pulled bytes came from (blocking).
+
+    ``flushed``: of ``served``, the bytes per address the daemon already added to the peers' rows.
+    """
+    flushed = flushed or {}
     now = dt.datetime.now(dt.UTC)
     with Session(engine) as session:
         peer_rows = list(session.scalars(select(Peer).order_by(Peer.last_seen.desc())))
@@ -355,7 +362,9 @@ def index_part(engine: Engine, served: dict[str, PeerStats]) -> Json:
     unclaimed = dict(served)
     for peer in peer_rows:
         # The LAN listener counts bytes per client IP since start; add them to what the index kept.
-        sent_now = sum(unclaimed.pop(a).bytes_out for a in peer.addresses if a in unclaimed)
+        sent_now = sum(
+            unclaimed.pop(a).bytes_out - flushed.get(a, 0) for a in peer.addresses if a in unclaimed
+        )
         peers.append(
             {
                 "node_id": peer.node_id,
@@ -373,6 +382,7 @@ def index_part(engine: Engine, served: dict[str, PeerStats]) -> Json:
             }
         )
     transfers = [_transfer(t) for t in running + finished]
+    by_commit = _bytes_by_commit(running + finished, peer_rows)
     from_peers = sum(p.bytes_in for p in peer_rows)
     # Pulls record their bytes per transfer and peers' shares per peer; what no peer served came
     # from the origin (or another non-peer source given with --from).
@@ -386,6 +396,7 @@ def index_part(engine: Engine, served: dict[str, PeerStats]) -> Json:
             "from_origin_bytes": from_origin,
             "total_bytes": total,
             "saved_percent": round(100 * from_peers / total, 1) if total else None,
+            "by_commit": by_commit,
         },
         "served": {
             "bytes": sum(s.bytes_out for s in served.values()),
@@ -411,8 +422,40 @@ def _transfer(t: Transfer) -> Json:
         "objects_total": t.objects_total,
         "bytes_done": t.bytes_done,
         "bytes_total": t.bytes_total,
+        "bytes_origin": t.bytes_origin,
+        "bytes_peers": t.bytes_peers,
         "progress": fraction,
         "started_at": _iso(t.started_at),
         "finished_at": _iso(t.finished_at),
         "error": t.error,
     }
+
+
+def _bytes_by_commit(transfers: list[Transfer], peers: list[Peer]) -> list[Json]:
+    """Per commit, bytes from the origin and from peers: this node's pulls, and the LAN's (this node
+    plus what each peer's info reported for its own recent pulls; lanshare.pull.fleet)."""
+    rows: dict[str, Json] = {}
+
+    def row(commit: str) -> Json:
+        return rows.setdefault(
+            commit,
+            {"commit": commit, "origin_bytes": 0, "peer_bytes": 0,
+             "lan_origin_bytes": 0, "lan_peer_bytes": 0, "lan_machines": 0},
+        )  # fmt: skip
+
+    mine: set[str] = set()
+    for t in transfers:
+        r = row(t.commit)
+        r["origin_bytes"] += t.bytes_origin
+        r["peer_bytes"] += t.bytes_peers
+        mine.add(t.commit)
+    for r in rows.values():
+        r["lan_origin_bytes"], r["lan_peer_bytes"], r["lan_machines"] = r["origin_bytes"], r["peer_bytes"], 1
+    for peer in peers:
+        for commit, counts in (peer.pulled or {}).items():
+            if commit in mine or len(rows) < RECENT_TRANSFERS:
+                r = row(commit)
+                r["lan_origin_bytes"] += int(counts.get("origin", 0))
+                r["lan_peer_bytes"] += int(counts.get("peers", 0))
+                r["lan_machines"] += 1
+    return list(rows.values())

@@ -247,8 +247,21 @@ def _savings(status: dict[str, Any]) -> str:
             f"{format_size(s['from_peers_bytes'])} from peers, "
             f"{format_size(s['from_origin_bytes'])} from the origin."
         )
+    rows: list[list[Cell]] = [
+        [
+            _code(c["commit"]),
+            format_size(c["origin_bytes"]),
+            format_size(c["peer_bytes"]),
+            format_size(c["lan_origin_bytes"]),
+            format_size(c["lan_peer_bytes"]),
+            str(c["lan_machines"]),
+        ]
+        for c in s["by_commit"]
+    ]
+    headers = ["commit", "from origin", "from peers", "LAN: from origin", "LAN: from peers", "machines"]
+    by_commit = _table("by-commit", headers, rows, "")
     return (
-        f'<p id="savings">{pulled}</p>'
+        f'<p id="savings">{pulled}</p>{by_commit if rows else ""}'
         f"<p>Served to the LAN since start: {format_size(served['bytes'])} in {served['requests']} requests "
         f"to {served['clients']} addresses.</p>"
     )
