@@ -36,23 +36,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.bench_pull import (
-    BRANCH,
-    NETNS_ENV,
     LanshareServer,
-    Tools,
     Way,
-    _can_unshare_net,
     _cpu_seconds,
-    _make_signing_key,
-    _objects,
     _peak_rss_kib,
     _reset_peak_rss,
     _Runner,
-    _stop_gpg_agent,
     add_store_workers_argument,
 )
-from bench.bench_repo import PROJECT_ROOT, TIMESTAMP, BenchError, _read_all, work_directory
-from bench.nginx import Nginx, NginxError
+from bench.bench_repo import BenchError, _read_all
+from bench.nginx import Nginx
+from bench.signed_source import (
+    NETNS_ENV,
+    Tools,
+    _can_unshare_net,
+    _stop_gpg_agent,
+    commit_signed,
+    in_private_netns,
+    run_and_report,
+)
 from bench.treegen import DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
 from lanshare.pull.pipeline import WORKERS_ENV
@@ -171,17 +173,8 @@ def run_fanout(
     gpg_home, keyring, source = workdir / "gpg", workdir / "publisher.gpg", workdir / "served"
     servers: list[Nginx | LanshareServer] = []
     try:
-        key_id = _make_signing_key(gpg_home, keyring)
-        tools.ostree_cmd("init", f"--repo={source}", "--mode=archive")
-        tools.ostree_cmd(
-            "commit", f"--repo={source}", f"--branch={BRANCH}", "--owner-uid=0", "--owner-gid=0",
-            "--no-xattrs", f"--timestamp=@{TIMESTAMP}", f"--gpg-sign={key_id}", f"--gpg-homedir={gpg_home}",
-            tree,
-        )  # fmt: skip
-        tools.ostree_cmd("summary", "-u", f"--repo={source}")
-        commit = tools.ostree_cmd("rev-parse", f"--repo={source}", BRANCH).strip()
-        objects, archive_bytes = _objects(source)
-        shutil.rmtree(tree)
+        signed = commit_signed(tools, tree, gpg_home, keyring, source)
+        commit, objects, archive_bytes = signed.commit, signed.objects, signed.archive_bytes
         lan = LanshareServer(source, workdir / "lanshare-batch", tools.env)
         servers.append(lan)
         nginx = Nginx(source, workdir / "nginx")
@@ -281,18 +274,6 @@ def format_report(result: FanoutResult, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def _in_private_netns(argv: Sequence[str]) -> int:
-    """Run this bench again inside ``unshare -n`` with ``lo`` up; its exit status."""
-    env = {**os.environ, NETNS_ENV: "1"}
-    pythonpath = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
-    inner = [sys.executable, "-m", "bench.bench_fanout", *argv]
-    script = 'ip link set lo up && exec "$@"'
-    return subprocess.run(
-        ["unshare", "-n", "--", "sh", "-c", script, "sh", *inner], env=env, cwd=PROJECT_ROOT
-    ).returncode
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench and print the table; exit 1 if a pull failed or a pulled repository is wrong."""
     parser = argparse.ArgumentParser(
@@ -312,22 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--rounds and --clients must be at least 1")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not args.shared_net and not os.environ.get(NETNS_ENV) and _can_unshare_net():
-        return _in_private_netns(argv)
-    with work_directory(args.keep, "bench-fanout-") as workdir:
-        try:
-            result = run_fanout(
-                workdir, args.clients, args.shape, args.files, args.size, args.seed, args.rounds, print,
-                args.store_workers,
-            )  # fmt: skip
-        except (BenchError, NginxError) as e:
-            print(f"bench failed: {e}", file=sys.stderr)
-            return 1
-    print()
-    print(format_report(result, args.rounds))
-    if result.failures:
-        print("bench failed: a pulled repository is wrong (see FAILED above)", file=sys.stderr)
-        return 1
-    return 0
+        return in_private_netns("bench.bench_fanout", argv)
+
+    def measure(workdir: Path) -> FanoutResult:
+        return run_fanout(
+            workdir, args.clients, args.shape, args.files, args.size, args.seed, args.rounds, print,
+            args.store_workers,
+        )  # fmt: skip
+
+    return run_and_report(args.keep, "bench-fanout-", measure, lambda r: format_report(r, args.rounds))
 
 
 if __name__ == "__main__":

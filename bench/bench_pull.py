@@ -49,32 +49,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.bench_repo import (
+    BRANCH as BRANCH,  # re-exported: the smoke test reads bench_pull.BRANCH
+)
+from bench.bench_repo import (
     GNU_TIME,
     PROJECT_ROOT,
-    TIMESTAMP,
     BenchError,
-    Commands,
     Run,
     _read_all,
     add_run_arguments,
     add_tree_arguments,
     parse_bench_args,
     run_timed,
-    work_directory,
 )
-from bench.nginx import Nginx, NginxError, free_port
+from bench.nginx import Nginx, free_port
+from bench.signed_source import (
+    NETNS_ENV,
+    Tools,
+    _can_unshare_net,
+    _stop_gpg_agent,
+    commit_signed,
+    in_private_netns,
+    run_and_report,
+)
 from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
-from lanshare.ostree.signing import export_public_keyring
 from lanshare.pull.pipeline import WORKERS_ENV
 
-BRANCH = "bench/tree"
 GOAL_A = 0.5
 GOAL_B = 1.2
 GOAL_E = 0.6
 GOAL_C_MB = 150
-# Set in the copy of the bench that runs inside its own network namespace.
-NETNS_ENV = "LANSHARE_BENCH_PULL_NETNS"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -244,51 +249,6 @@ class BenchResult:
     failures: list[str] = field(default_factory=list)
 
 
-class Tools(Commands):
-    """Command lines of both clients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        if shutil.which("gpg") is None:
-            raise BenchError("gpg is not installed (apt-get install gnupg)")
-
-    def ostree_cmd(self, *args: str | Path) -> str:
-        """Run an untimed ostree command; its stdout."""
-        return run_timed([self.ostree, *args]).stdout
-
-
-def _make_signing_key(homedir: Path, keyring: Path) -> str:
-    homedir.mkdir(mode=0o700, parents=True)
-
-    def gpg(*args: str) -> str:
-        cmd = ["gpg", "--homedir", str(homedir), "--batch", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BenchError(f"gpg {' '.join(args)}: {proc.stderr.strip()}")
-        return proc.stdout
-
-    gpg("--passphrase", "", "--quick-gen-key", "Bench <bench@example.com>", "ed25519", "sign", "never")
-    listing = gpg("--with-colons", "--list-keys")
-    key_id = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
-    export_public_keyring(homedir, [key_id], keyring)
-    return key_id
-
-
-def _stop_gpg_agent(homedir: Path) -> None:
-    if homedir.exists() and shutil.which("gpgconf"):
-        subprocess.run(["gpgconf", "--homedir", str(homedir), "--kill", "all"], capture_output=True)
-
-
-def _objects(repo: Path) -> tuple[int, int]:
-    """Object files and their bytes."""
-    count = size = 0
-    for d, _, names in os.walk(repo / "objects"):
-        for n in names:
-            count += 1
-            size += os.lstat(os.path.join(d, n)).st_size
-    return count, size
-
-
 class _Runner:
     """Sets up a fresh client repository for one way, runs the timed pull, checks the result."""
 
@@ -406,18 +366,9 @@ def run_bench(
     source = workdir / "served"
     servers: list[Nginx | LanshareServer] = []
     try:
-        key_id = _make_signing_key(gpg_home, keyring)
         log("committing with ostree commit (GPG-signed) and updating the summary ...")
-        tools.ostree_cmd("init", f"--repo={source}", "--mode=archive")
-        tools.ostree_cmd(
-            "commit", f"--repo={source}", f"--branch={BRANCH}", "--owner-uid=0", "--owner-gid=0",
-            "--no-xattrs", f"--timestamp=@{TIMESTAMP}", f"--gpg-sign={key_id}", f"--gpg-homedir={gpg_home}",
-            tree,
-        )  # fmt: skip
-        tools.ostree_cmd("summary", "-u", f"--repo={source}")
-        commit = tools.ostree_cmd("rev-parse", f"--repo={source}", BRANCH).strip()
-        objects, archive_bytes = _objects(source)
-        shutil.rmtree(tree)
+        signed = commit_signed(tools, tree, gpg_home, keyring, source)
+        commit, objects, archive_bytes = signed.commit, signed.objects, signed.archive_bytes
 
         by_name: dict[str, Nginx | LanshareServer] = {}
         for name in ("lanshare-batch", "lanshare-archive"):
@@ -579,25 +530,6 @@ def add_store_workers_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _can_unshare_net() -> bool:
-    """Whether this process may create a network namespace (root, unshare and ip installed, allowed)."""
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
-        return False
-    return subprocess.run(["unshare", "-n", "--", "true"], capture_output=True).returncode == 0
-
-
-def _in_private_netns(argv: Sequence[str]) -> int:
-    """Run this bench again inside ``unshare -n`` with ``lo`` up; its exit status."""
-    env = {**os.environ, NETNS_ENV: "1"}
-    pythonpath = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + pythonpath if pythonpath else "")
-    inner = [sys.executable, "-m", "bench.bench_pull", *argv]
-    script = 'ip link set lo up && exec "$@"'
-    return subprocess.run(
-        ["unshare", "-n", "--", "sh", "-c", script, "sh", *inner], env=env, cwd=PROJECT_ROOT
-    ).returncode
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench and print the table; exit 1 if a pull failed or a pulled repository is wrong."""
     parser = argparse.ArgumentParser(
@@ -628,23 +560,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--strace needs strace (apt-get install strace)")
     if not args.shared_net and not os.environ.get(NETNS_ENV):
         if _can_unshare_net():
-            return _in_private_netns(argv)
+            return in_private_netns("bench.bench_pull", argv)
         print("bench: cannot unshare -n here: bytes on lo include other loopback traffic", file=sys.stderr)
-    with work_directory(args.keep, "bench-pull-") as workdir:
-        try:
-            result = run_bench(
-                workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), print,
-                args.shape, args.strace, args.store_workers,
-            )  # fmt: skip
-        except (BenchError, NginxError) as e:
-            print(f"bench failed: {e}", file=sys.stderr)
-            return 1
-    print()
-    print(format_report(result, args.rounds))
-    if result.failures:
-        print("bench failed: a pulled repository is wrong (see FAILED above)", file=sys.stderr)
-        return 1
-    return 0
+
+    def measure(workdir: Path) -> BenchResult:
+        return run_bench(
+            workdir, args.files, args.size, args.seed, args.rounds, bool(args.keep), print,
+            args.shape, args.strace, args.store_workers,
+        )  # fmt: skip
+
+    return run_and_report(args.keep, "bench-pull-", measure, lambda r: format_report(r, args.rounds))
 
 
 if __name__ == "__main__":
