@@ -188,6 +188,17 @@ def _ext(rng: random.Random, kind: str) -> str:
     return rng.choice(_TEXT_EXT if kind == "text" else _BIN_EXT if kind == "code" else _PACKED_EXT)
 
 
+def _begin(path: Path | str, seed: int) -> tuple[Path, random.Random, _Content, TreeStats]:
+    """The tree's root (created; FileExistsError if it holds anything), the seeded random
+    source and content maker, and empty stats: how every generator starts."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    if any(root.iterdir()):
+        raise FileExistsError(f"{root}: not empty")
+    rng = random.Random(seed)
+    return root, rng, _Content(rng), TreeStats()
+
+
 def generate_tree(
     path: Path | str,
     files: int = DEFAULT_FILES,
@@ -200,13 +211,7 @@ def generate_tree(
     ``files`` counts every non-directory entry (regular files and ~3% symlinks); ``total_bytes``
     is the sum of the regular files' sizes, give or take rounding.
     """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()):
-        raise FileExistsError(f"{root}: not empty")
-    rng = random.Random(seed)
-    content = _Content(rng)
-    stats = TreeStats()
+    root, rng, content, stats = _begin(path, seed)
     n_symlinks = files * 3 // 100
     n_regular = files - n_symlinks
     dirs = _make_dirs(rng, max(len(_ROOTS), files // 30), max_depth)
@@ -272,13 +277,7 @@ def generate_small_tree(path: Path | str, files: int = DEFAULT_SMALL_FILES, seed
     Sizes are log-normal around 300 bytes (about 85% under 1 KB, capped at 16 KB); 60% of the
     files are text, 40% random bytes, so both deflate paths (shrinks, does not) are exercised.
     """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()):
-        raise FileExistsError(f"{root}: not empty")
-    rng = random.Random(seed)
-    content = _Content(rng)
-    stats = TreeStats()
+    root, rng, content, stats = _begin(path, seed)
     dirs = _make_dirs(rng, max(len(_ROOTS), files // 20), max_depth=5)
     for d in sorted(dirs, key=len):
         (root / d).mkdir(parents=True, exist_ok=True)
