@@ -18,10 +18,8 @@ from urllib.request import url2pathname
 
 import aiohttp
 
-from lanshare.errors import CorruptObject
-from lanshare.ostree.objects import ObjectType, is_checksum
+from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import ARCHIVE_MODES, RepoError, validate_ref
-from lanshare.ostree.summary import parse_summary
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.http import MAX_SMALL_DOCUMENT, ObjectBuffer, Timeouts
 from lanshare.pull.sources import Source, SourceSpec, object_path
@@ -60,36 +58,11 @@ class FileSource(Source):
             validate_ref(ref)
         except RepoError:
             return None
-        refs = await self._load_summary()
-        if ref in refs:
-            return refs[ref]
-        data = await asyncio.to_thread(self._read_small, f"refs/heads/{ref}", 1024)
-        if data is None:
-            return None
-        text = data.decode("ascii", "replace").strip()
-        if not is_checksum(text):
-            raise SourceFailure(f"refs/heads/{ref} does not hold a commit checksum", bad_data=True)
-        return text
+        return await super().resolve_ref(ref)
 
-    async def _load_summary(self) -> dict[str, str]:
-        # As over HTTP, the summary is only a hint: what it names is verified like anything else.
-        if self._summary_refs is None:
-            self._summary_refs = {}
-            try:
-                data = await asyncio.to_thread(self._read_small, "summary", MAX_SMALL_DOCUMENT)
-                if data is not None:
-                    self._summary_refs = {r.name: r.checksum for r in parse_summary(data).refs}
-            except (SourceFailure, CorruptObject):
-                pass
-        return self._summary_refs
-
-    async def get_small(self, name: ObjectName) -> bytes | None:
-        """A commit or commitmeta object's bytes, unverified, or None when absent."""
-        try:
-            return await asyncio.to_thread(self._read_small, object_path(name), MAX_SMALL_DOCUMENT)
-        except SourceFailure as e:
-            self._fail(e)
-            raise
+    async def _read_layout(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
+        # Reads block: in a worker thread, as downloads are.
+        return await asyncio.to_thread(self._read_small, path, limit)
 
     async def download(self, name: ObjectName) -> ObjectBuffer | None:
         """Read one object into a bounded buffer; None when absent."""

@@ -30,6 +30,7 @@ from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.summary import parse_summary
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.http import (
+    MAX_SMALL_DOCUMENT,
     ObjectBuffer,
     Timeouts,
     check_status,
@@ -175,7 +176,7 @@ class Source:
         refs = await self._load_summary()
         if ref in refs:
             return refs[ref]
-        data = await fetch_small(self.session, urljoin(self.url, f"refs/heads/{ref}"), self.timeouts, 1024)
+        data = await self._read_layout(f"refs/heads/{ref}", 1024)
         if data is None:
             return None
         text = data.decode("ascii", "replace").strip()
@@ -189,7 +190,7 @@ class Source:
         if self._summary_refs is None:
             self._summary_refs = {}
             try:
-                data = await fetch_small(self.session, urljoin(self.url, "summary"), self.timeouts)
+                data = await self._read_layout("summary")
                 if data is not None:
                     self._summary_refs = {r.name: r.checksum for r in parse_summary(data).refs}
             except (SourceFailure, CorruptObject):
@@ -200,12 +201,19 @@ class Source:
         """A small file of the archive layout (the summary set), None when absent; SourceFailure."""
         return await fetch_small(self.session, urljoin(self.url, path), self.timeouts)
 
+    async def _read_layout(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
+        """A small file of the archive layout, at most ``limit`` bytes; None when absent.
+
+        Every small read of :meth:`resolve_ref`, the summary and :meth:`get_small` goes through
+        here, so a source that reads the layout another way overrides only this."""
+        return await fetch_small(self.session, urljoin(self.url, path), self.timeouts, limit)
+
     # -- objects ---------------------------------------------------------------------------
 
     async def get_small(self, name: ObjectName) -> bytes | None:
         """A commit or commitmeta object's bytes, unverified, or None when absent."""
         try:
-            return await fetch_small(self.session, urljoin(self.url, object_path(name)), self.timeouts)
+            return await self._read_layout(object_path(name))
         except SourceFailure as e:
             self._fail(e)
             raise
