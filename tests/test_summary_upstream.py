@@ -114,6 +114,17 @@ def _set_of(repo: Path, source: str) -> SummarySet:
     return found
 
 
+def _cache_holding_stable(path: Path, origin: Path, stable: str, upstream: SummarySet) -> Repo:
+    """A cache at ``path`` holding ``origin``'s objects (copied: they stand in for a pull) and
+    os/stable at ``stable``, with ``upstream`` saved and its summary refreshed once."""
+    cache = Repo.init(path)
+    shutil.copytree(origin / "objects", path / "objects", dirs_exist_ok=True)
+    cache.write_ref("os/stable", stable)
+    upstream_summary.save(cache, upstream)
+    refresh_summary(cache)
+    return cache
+
+
 def test_an_upstream_set_is_served_byte_for_byte_only_while_every_ref_is_held(
     tmp_path: Path, gpg_keys: GpgKeys
 ) -> None:
@@ -127,12 +138,8 @@ def test_an_upstream_set_is_served_byte_for_byte_only_while_every_ref_is_held(
     assert upstream.signed
 
     cache_path = tmp_path / "cache"
-    cache = Repo.init(cache_path)
-    # Hold os/stable only (copied objects stand in for a pull).
-    shutil.copytree(origin / "objects", cache_path / "objects", dirs_exist_ok=True)
-    cache.write_ref("os/stable", stable)
-    upstream_summary.save(cache, upstream)
-    refresh_summary(cache)
+    # Hold os/stable only.
+    cache = _cache_holding_stable(cache_path, origin, stable, upstream)
     assert upstream_summary.missing_refs(cache, upstream) == ["os/next"]
     assert not (cache_path / "summary.sig").exists()
     assert summary_state(cache)["served"] == "own"
@@ -185,11 +192,7 @@ def test_an_unsigned_set_is_served_only_when_it_lists_every_ref_held(tmp_path: P
     assert not upstream.signed
 
     cache_path = tmp_path / "cache"
-    cache = Repo.init(cache_path)
-    shutil.copytree(origin / "objects", cache_path / "objects", dirs_exist_ok=True)
-    cache.write_ref("os/stable", stable)
-    upstream_summary.save(cache, upstream)
-    refresh_summary(cache)
+    cache = _cache_holding_stable(cache_path, origin, stable, upstream)
     assert _top(cache_path) == _top(origin)
     # A ref from elsewhere: stock `ostree pull` only finds refs the summary lists, so the cache
     # now serves its own summary, with the upstream's additional metadata.
