@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -83,6 +87,22 @@ async def static_origin(root: Path) -> AsyncIterator[str]:
     app.router.add_static("/", root)
     async with serve_app(app) as url:
         yield url
+
+
+def serve_directory(root: Path) -> Generator[str, None, None]:
+    """``root`` served by Python's own HTTP server in a thread (an origin for processes); yields its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        server.shutdown()
+        thread.join()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def write_config(base: Path, keyring: Path, text: str = "") -> Path:

@@ -8,8 +8,6 @@ machine has no battery, so the battery test points the daemon at a fake ``/sys``
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
 import json
 import os
 import signal
@@ -17,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +33,15 @@ from lanshare.index.models import Commit, Pin, Transfer, TransferState
 from lanshare.ostree.repo import Repo
 from lanshare.power import SharingSwitch, on_battery
 from lanshare.pull import PullOptions, SourceSpec, TrustPolicy, pull
-from tests.fleet import Chain, load, publish_chain, running_daemon, static_origin, write_config
+from tests.fleet import (
+    Chain,
+    load,
+    publish_chain,
+    running_daemon,
+    serve_directory,
+    static_origin,
+    write_config,
+)
 from tests.gpg_fixtures import GpgKeys
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -50,18 +55,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, gpg_keys: GpgKeys) -> Chain:
 @pytest.fixture
 def origin(chain: Chain) -> Iterator[str]:
     """The chain served by Python's own HTTP server, in a thread (an origin for processes)."""
-    handler = functools.partial(_QuietHandler, directory=str(chain.repo))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-        server.shutdown()
-        thread.join()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    yield from serve_directory(chain.repo)
 
 
 # --- systemd's notify protocol ----------------------------------------------------------------------

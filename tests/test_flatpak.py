@@ -7,21 +7,17 @@ a plain HTTP origin; libostree's ``ostree pull`` with ``gpg-verify-summary=true`
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,18 +38,13 @@ from tests.flatpak_fixtures import (
     flatpak,
     home_env,
 )
-from tests.fleet import write_config
+from tests.fleet import serve_directory, write_config
 from tests.gpg_fixtures import GpgKeys
 
 pytestmark = pytest.mark.skipif(FLATPAK is None, reason="flatpak not installed (.ci/setup installs it)")
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_FILES = ("summary", "summary.sig", "summary.idx", "summary.idx.sig")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _lanshare_env() -> dict[str, str]:
@@ -138,17 +129,6 @@ def _files(repo: Path) -> dict[str, bytes]:
     return found
 
 
-def _serve_http(root: Path) -> Generator[str, None, None]:
-    """A plain HTTP origin (Python's http.server) of ``root`` in a thread."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-        server.shutdown()
-        thread.join()
-
-
 @dataclass
 class Hops:
     """The signed publisher, its origin URL and machines A, B, C (C pulls from B, B from A)."""
@@ -177,7 +157,7 @@ def hops(tmp_path_factory: pytest.TempPathFactory, signed: Publisher, gpg_keys: 
     base = tmp_path_factory.mktemp("hops")
     config = f'[repo]\ncollection_id = "{COLLECTION}"\n'
     nodes = [Node(base / name, gpg_keys.trusted.keyring, config) for name in "abc"]
-    origin = _serve_http(signed.repo)
+    origin = serve_directory(signed.repo)
     try:
         for node in nodes:
             node.start()
@@ -267,7 +247,7 @@ def test_ostree_pull_with_gpg_verify_summary_through_two_hops(
 
 def test_unsigned_remote_ls_shows_sizes_from_a_partial_cache(tmp_path: Path, gpg_keys: GpgKeys) -> None:
     publisher = build_publisher(tmp_path / "unsigned", (), None)
-    origin = _serve_http(publisher.repo)
+    origin = serve_directory(publisher.repo)
     # The daemon follows the app and runtime ([origin] refs) from a round at start; not appstream,
     # so the upstream summary (which lists appstream too) is not served as is: lanshare's own
     # summary keeps xa.title and rebuilds xa.cache for what it holds.
