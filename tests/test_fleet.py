@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,16 @@ def machines(lan: tuple[NetnsLan, Origin, str], tmp_path: Path) -> Iterator[Call
         machine.wait(30)
 
 
+def launch_fleet(
+    machines: Callable[[str, str], LanDaemon], config: str, hosts: Sequence[str] = MACHINES
+) -> list[LanDaemon]:
+    """A machine in each of ``hosts`` with ``config``, all launched at once (not waited for)."""
+    fleet = [machines(host, config) for host in hosts]
+    for machine in fleet:
+        machine.launch()
+    return fleet
+
+
 def wait_all_hold(machines: list[LanDaemon], commit: str) -> None:
     for machine in machines:
         wait_for(partial(holds, machine.repo, commit), f"{machine.host} to hold the commit", DEADLINE, 0.2)
@@ -84,9 +94,7 @@ def test_four_machines_switched_on_together_fetch_each_object_about_once(
 ) -> None:
     _, origin, commit = lan
     since = origin.offset()
-    fleet = [machines(host, machine_config(origin)) for host in MACHINES]
-    for machine in fleet:
-        machine.launch()
+    fleet = launch_fleet(machines, machine_config(origin))
     wait_all_hold(fleet, commit)
     for machine in fleet:
         fsck_clean(machine)
@@ -124,9 +132,7 @@ def test_a_machine_killed_mid_share_costs_the_others_a_delay_and_finishes_once_r
 ) -> None:
     _, origin, commit = lan
     since = origin.offset()
-    fleet = [machines(host, machine_config(origin)) for host in MACHINES]
-    for machine in fleet:
-        machine.launch()
+    fleet = launch_fleet(machines, machine_config(origin))
     victim = fleet[-1]
     # Mid-share: some of the files in, far from all of them.
     wait_for(lambda: file_objects(victim.repo) >= COMMIT_FILES // 10, "the victim to start", DEADLINE, 0.02)
@@ -152,9 +158,7 @@ def test_liars_cost_a_bounded_delay_and_the_one_serving_garbage_is_demoted(
     procs = [netns.python("d", *a, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for a in argv]
     try:
         urls = ", ".join(f'"http://{netns["d"].address}:{port}/"' for port in liars.values())
-        fleet = [machines(host, machine_config(origin, extra=f"peers = [{urls}]\n")) for host in MACHINES[:3]]
-        for machine in fleet:
-            machine.launch()
+        fleet = launch_fleet(machines, machine_config(origin, extra=f"peers = [{urls}]\n"), MACHINES[:3])
         wait_all_hold(fleet, commit)
         for machine in fleet:
             fsck_clean(machine)
