@@ -48,16 +48,16 @@ from bench.bench_repo import BenchError, _read_all
 from bench.nginx import Nginx
 from bench.signed_source import (
     NETNS_ENV,
-    Tools,
     _can_unshare_net,
     _stop_gpg_agent,
+    client_tools,
     commit_signed,
     in_private_netns,
     run_and_report,
+    verdict,
 )
 from bench.treegen import DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
-from lanshare.pull.pipeline import WORKERS_ENV
 
 GOAL_F = 0.5
 GOAL_G_MB = 200
@@ -161,9 +161,7 @@ def run_fanout(
     store_workers: int | None = None,
 ) -> FanoutResult:
     """Generate, commit and serve the tree under ``workdir``; measure N clients at once, each way."""
-    tools = Tools()
-    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
-        tools.env[WORKERS_ENV] = str(store_workers)
+    tools = client_tools(store_workers)
     tree = workdir / "tree"
     for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
@@ -259,9 +257,6 @@ def format_report(result: FanoutResult, rounds: int) -> str:
     f = w["lanshare"].median(lambda r: r.wall) / w["ostree-nginx"].median(lambda r: r.wall)
     g = max(r.server_peak_kib for r in w["lanshare"].runs) * 1024 / 1e6
     cpu = w["lanshare"].median(lambda r: r.client_cpu) / w["ostree-nginx"].median(lambda r: r.client_cpu)
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
 
     lines += [
         "",

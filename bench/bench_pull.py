@@ -68,13 +68,14 @@ from bench.signed_source import (
     Tools,
     _can_unshare_net,
     _stop_gpg_agent,
+    client_tools,
     commit_signed,
     in_private_netns,
     run_and_report,
+    verdict,
 )
 from bench.treegen import DEFAULT_FILES, DEFAULT_SIZE, DEFAULT_SMALL_FILES, SHAPES, TreeStats, generate_shape
 from lanshare.index.db import open_index
-from lanshare.pull.pipeline import WORKERS_ENV
 
 GOAL_A = 0.5
 GOAL_B = 1.2
@@ -351,9 +352,7 @@ def run_bench(
     store_workers: int | None = None,
 ) -> BenchResult:
     """Generate, commit and serve the tree under ``workdir``, and measure every way of pulling it."""
-    tools = Tools()
-    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
-        tools.env[WORKERS_ENV] = str(store_workers)
+    tools = client_tools(store_workers)
     tree = workdir / "tree"
     for stale in ("tree", "gpg", "served", "nginx", "lanshare-batch", "lanshare-archive"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
@@ -487,9 +486,6 @@ def format_report(result: BenchResult, rounds: int) -> str:
         return w[key].median(lambda r: r.client.cpu)
 
     base_cpu = cpu("ostree-nginx")
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
 
     lines += [
         "",

@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 from bench.bench_repo import BRANCH, PROJECT_ROOT, TIMESTAMP, BenchError, Commands, run_timed, work_directory
 from bench.nginx import NginxError
 from lanshare.ostree.signing import export_public_keyring
+from lanshare.pull.pipeline import WORKERS_ENV
 
 # Set in the copy of the bench that runs inside its own network namespace.
 NETNS_ENV = "LANSHARE_BENCH_PULL_NETNS"
@@ -34,6 +35,19 @@ class Tools(Commands):
     def ostree_cmd(self, *args: str | Path) -> str:
         """Run an untimed ostree command; its stdout."""
         return run_timed([self.ostree, *args]).stdout
+
+
+def client_tools(store_workers: int | None) -> Tools:
+    """The clients' tools; ``store_workers`` (not None) sets their worker processes (0: threads)."""
+    tools = Tools()
+    if store_workers is not None:  # lanshare.pull.pipeline's knob: 0 stores in threads
+        tools.env[WORKERS_ENV] = str(store_workers)
+    return tools
+
+
+def verdict(ok: bool) -> str:
+    """How a report prints a goal: met or not (never asserted)."""
+    return "PASS" if ok else "MISS"
 
 
 def _make_signing_key(homedir: Path, keyring: Path) -> str:
