@@ -151,3 +151,19 @@ def test_a_drive_that_is_not_mounted_is_one_clear_line(
     assert lanshare("pull", "os/stable", "--from", url, "--config", config) == 1
     err = capsys.readouterr().err
     assert "not an OSTree repository" in err and "Traceback" not in err
+
+
+def test_a_drives_signed_summary_is_carried_through_byte_for_byte(
+    tmp_path: Path, mirror: tuple[Path, str], gpg_keys: GpgKeys
+) -> None:
+    # A publisher's mirror on a drive signs its summary: the cache serves that very summary and
+    # signature (it holds every ref listed), so a client verifying summaries accepts it.
+    drive = tmp_path / "drive"
+    shutil.copytree(mirror[0], drive, symlinks=True)
+    sign = (f"--gpg-sign={gpg_keys.trusted.key_id}", f"--gpg-homedir={gpg_keys.homedir}")
+    ostree("summary", "-u", f"--repo={drive}", *sign)
+    config = _config(tmp_path, gpg_keys.trusted.keyring)
+    assert lanshare("pull", "os/stable", "--from", drive.as_uri(), "--config", config) == 0
+    cache = tmp_path / "repo"
+    for name in ("summary", "summary.sig"):
+        assert (cache / name).read_bytes() == (drive / name).read_bytes(), name

@@ -60,7 +60,7 @@ class FileSource(Source):
             return None
         return await super().resolve_ref(ref)
 
-    async def _read_layout(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
+    async def fetch_file(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
         # Reads block: in a worker thread, as downloads are.
         return await asyncio.to_thread(self._read_small, path, limit)
 

@@ -176,7 +176,7 @@ class Source:
         refs = await self._load_summary()
         if ref in refs:
             return refs[ref]
-        data = await self._read_layout(f"refs/heads/{ref}", 1024)
+        data = await self.fetch_file(f"refs/heads/{ref}", 1024)
         if data is None:
             return None
         text = data.decode("ascii", "replace").strip()
@@ -190,22 +190,18 @@ class Source:
         if self._summary_refs is None:
             self._summary_refs = {}
             try:
-                data = await self._read_layout("summary")
+                data = await self.fetch_file("summary")
                 if data is not None:
                     self._summary_refs = {r.name: r.checksum for r in parse_summary(data).refs}
             except (SourceFailure, CorruptObject):
                 pass
         return self._summary_refs
 
-    async def fetch_file(self, path: str) -> bytes | None:
-        """A small file of the archive layout (the summary set), None when absent; SourceFailure."""
-        return await fetch_small(self.session, urljoin(self.url, path), self.timeouts)
+    async def fetch_file(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
+        """A small file of the archive layout, at most ``limit`` bytes; None when absent; SourceFailure.
 
-    async def _read_layout(self, path: str, limit: int = MAX_SMALL_DOCUMENT) -> bytes | None:
-        """A small file of the archive layout, at most ``limit`` bytes; None when absent.
-
-        Every small read of :meth:`resolve_ref`, the summary and :meth:`get_small` goes through
-        here, so a source that reads the layout another way overrides only this."""
+        Every small read (:meth:`resolve_ref`, the summary, :meth:`get_small`, the upstream summary
+        set) goes through here, so a source that reads the layout another way overrides only this."""
         return await fetch_small(self.session, urljoin(self.url, path), self.timeouts, limit)
 
     # -- objects ---------------------------------------------------------------------------
@@ -213,7 +209,7 @@ class Source:
     async def get_small(self, name: ObjectName) -> bytes | None:
         """A commit or commitmeta object's bytes, unverified, or None when absent."""
         try:
-            return await self._read_layout(object_path(name))
+            return await self.fetch_file(object_path(name))
         except SourceFailure as e:
             self._fail(e)
             raise
