@@ -410,12 +410,9 @@ class _Pull:
                 raise
             finally:
                 renewer.cancel()
-                await self.recorder.progress(
-                    self.objects_done, self.objects_total, self.bytes_done, force=True
-                )
-                await self.recorder.split(*self._split())
                 used = ", ".join(name for name, s in self.stats.items() if s.objects)
-                await self.recorder.finish(used, error)
+                progress = (self.objects_done, self.objects_total, self.bytes_done)
+                await self.recorder.finish(used, error, progress, self._split())
         finally:
             lock.__exit__(None, None, None)
 

@@ -142,18 +142,47 @@ class Recorder:
         if self._pending:
             await asyncio.gather(*self._pending)
 
-    async def finish(self, source: str, error: str | None) -> None:
-        """Close the transfer row (done or failed) and release the lease."""
+    async def finish(
+        self,
+        source: str,
+        error: str | None,
+        progress: tuple[int, int | None, int] = (0, None, 0),
+        split: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Close the transfer row: done or failed, its last progress and its origin/peer byte split.
+
+        One transaction, and the lease released in it.  A pull that failed (a full disk, say) may
+        not be able to write it either: its own error is what a person needs, so that is logged
+        below warnings."""
         await self.drain()
         if self.engine is not None and self._transfer_id is not None:
-            await self._write(self._finish, self.engine, self._transfer_id, self._lease_id, source, error)
+            await self._write(
+                self._finish,
+                self.engine,
+                self._transfer_id,
+                self._lease_id,
+                source,
+                error,
+                progress,
+                split,
+                failing=error is not None,
+            )
 
     def _finish(
-        self, engine: Engine, transfer_id: int, lease_id: int | None, source: str, error: str | None
+        self,
+        engine: Engine,
+        transfer_id: int,
+        lease_id: int | None,
+        source: str,
+        error: str | None,
+        progress: tuple[int, int | None, int],
+        split: tuple[int, int],
     ) -> None:
         with Session(writer(engine)) as session, session.begin():
             transfer = session.get(Transfer, transfer_id)
             if transfer is not None:
+                transfer.objects_done, transfer.objects_total, transfer.bytes_done = progress
+                transfer.bytes_origin, transfer.bytes_peers = split
                 transfer.state = TransferState.FAILED if error else TransferState.DONE
                 transfer.error = error
                 transfer.finished_at = utcnow()
@@ -208,13 +237,17 @@ class Recorder:
             if peer.backoff_until is None or peer.backoff_until <= utcnow():
                 peer.healthy, peer.failures, peer.backoff_until = True, 0, None
 
-    async def _write(self, function: Callable[..., None], *args: object) -> None:
+    async def _write(self, function: Callable[..., None], *args: object, failing: bool = False) -> None:
         # Bookkeeping must not fail a pull that is otherwise going well.
         try:
             await asyncio.to_thread(function, *args)
         except SQLAlchemyError as e:
             # SQLAlchemy's message spans lines (SQL, parameters, a link): the first says what failed.
-            log.warning("could not update the index: %s", str(e).splitlines()[0])
+            log.log(
+                logging.INFO if failing else logging.WARNING,
+                "could not update the index: %s",
+                str(e).splitlines()[0],
+            )
 
 
 def _peer_row(session: Session, key: PeerKey) -> Peer:
