@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import venv
+import zipfile
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -326,8 +327,15 @@ def build_wheel(out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
+def test_wheel_ships_every_module_and_the_migrations(tmp_path: Path) -> None:
     wheel = build_wheel(tmp_path)
+    # Every module of the source tree is in the wheel (a subpackage missing from pyproject's
+    # package list would work in a checkout and fail once installed).
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    sources = {str(p.relative_to(ROOT)) for p in (ROOT / "lanshare").rglob("*.py")}
+    sources = {p for p in sources if not p.startswith("lanshare/migrations/")}
+    assert sources - shipped == set()
     env_dir = tmp_path / "venv"
     # System site-packages supply SQLAlchemy and Alembic; lanshare itself must come from the wheel.
     venv.create(env_dir, system_site_packages=True, with_pip=True)
