@@ -27,6 +27,8 @@ __all__ = ["chain"]  # the module-scoped origin fixture, shared with test_upgrad
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = "/opt/lanshare-python"  # the interpreter's prefix, bound in (ProtectHome= hides /root)
+# The checkout under test, bound in: it may live under /tmp, which the container gets fresh.
+SOURCE = "/opt/lanshare-source"
 ORIGIN_PORT = 8070
 
 pytestmark = pytest.mark.skipif(
@@ -54,7 +56,7 @@ def _dropin(exec_start: str, extra: str = "") -> str:
     python = f"{PYTHON}/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     return (
         f"[Service]\nExecStart=\nExecStart={python} -m lanshare.cli {exec_start}\n"
-        f"Environment=PYTHONPATH={SOURCE_ROOT} LD_LIBRARY_PATH={PYTHON}/lib\n{extra}"
+        f"Environment=PYTHONPATH={SOURCE} LD_LIBRARY_PATH={PYTHON}/lib\n{extra}"
     )
 
 
@@ -126,6 +128,7 @@ def container(tmp_path_factory: pytest.TempPathFactory, chain: Chain) -> Iterato
         binds.append(f"--bind-ro={SYSTEMD_DIR / name}:/etc/systemd/system/{name}")
     binds.append(f"--bind-ro={SYSTEMD_DIR / 'lanshare.sysusers.conf'}:/etc/sysusers.d/lanshare.conf")
     binds.append(f"--bind-ro={sys.base_prefix}:{PYTHON}")
+    binds.append(f"--bind-ro={SOURCE_ROOT}:{SOURCE}")
     (base / "root").mkdir()
     cgroup = f"lanshare-test-{os.getpid()}"
     log = open(base / "nspawn.log", "wb")  # noqa: SIM115 - closed below
