@@ -33,7 +33,7 @@ from lanshare.ostree.repo import Repo, validate_ref
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
 from lanshare.pull.fleet import Fleet, FleetOptions
 from lanshare.pull.http import Timeouts
-from lanshare.pull.pipeline import StorePipeline, store_group, store_one
+from lanshare.pull.pipeline import StorePipeline
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import (
     PlanEntry,
@@ -608,16 +608,6 @@ class _Pull:
         if isinstance(error, LocalWriteError):
             raise error
         return len(sizes), error
-
-    def _store_group(
-        self, items: Sequence[tuple[ObjectName, bytes | BinaryIO]]
-    ) -> tuple[list[int], CorruptObject | LocalWriteError | None]:
-        """Store ``items`` in order (blocking) until one fails: the sizes stored, the failure."""
-        return store_group(self.repo, items)
-
-    def _store_one(self, name: ObjectName, payload: bytes | BinaryIO) -> int:
-        """Verify and store one object; its size.  Raises CorruptObject when it is wrong."""
-        return store_one(self.repo, name, payload)
 
 
 def _commit(checksum: str) -> ObjectName:
