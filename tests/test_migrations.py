@@ -31,6 +31,7 @@ from lanshare.index.db import (
     current_revision,
     head_revision,
     open_index,
+    quick_head,
     script_location,
     session_factory,
 )
@@ -373,3 +374,33 @@ def test_wheel_ships_every_module_and_the_migrations(tmp_path: Path) -> None:
     assert Path(scripts).is_relative_to(env_dir), scripts
     assert set(names.split(",")) == INDEX_TABLES | {"alembic_version"}
     assert (Path(scripts) / "versions" / "0001_initial.py").is_file()
+
+
+def test_quick_head_is_alembic_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_index skips Alembic for a database at the head read from the files: it must be Alembic's."""
+    assert quick_head() == head_revision()
+    # A migration this reader cannot follow (a merge of two heads) leaves the decision to Alembic.
+    with_revision_0002(tmp_path, monkeypatch, REVISION_0002)
+    assert quick_head() == head_revision() == "test_next"
+    (tmp_path / "migrations" / "versions" / "merge.py").write_text(
+        'revision = "merged"\ndown_revision = ("test_next", "other")\n'
+    )
+    assert quick_head() is None
+
+
+def test_a_current_database_opens_without_importing_alembic(tmp_path: Path) -> None:
+    """Alembic is start-up time every short command pays: only a database needing migration loads it."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    probe = (
+        "import sys; from lanshare.index.db import open_index, current_revision; "
+        f"e = open_index({url!r}); loaded = 'alembic' in sys.modules; "
+        "print(loaded, current_revision(e))"
+    )
+
+    def run() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run() == ["True", SHIPPED]  # a new database: migrated, so Alembic was needed
+    assert run() == ["False", SHIPPED]  # already at head: opened without it

@@ -9,17 +9,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -29,7 +26,15 @@ from sqlalchemy.pool import ConnectionPoolEntry
 import lanshare
 from lanshare.errors import Error
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger(__name__)
+
+# A migration's own revision and the one it follows, as the files in migrations/versions spell them.
+_REVISION_LINE = re.compile(
+    r"""^(down_revision|revision)(?:: *[\w |]+)? *= *(?:"([\w.-]+)"|'([\w.-]+)'|None) *$""", re.M
+)
 
 # How long an SQLite statement waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
@@ -77,6 +82,8 @@ def script_location() -> Path:
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
     """An Alembic Config for lanshare's migrations, run on ``connection`` or on ``url``."""
+    from alembic.config import Config
+
     cfg = Config()
 
     # Config values go through ConfigParser interpolation, so a literal % must be doubled.
@@ -95,6 +102,8 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 
 def head_revision() -> str:
     """The schema revision this lanshare migrates to."""
+    from alembic.script import ScriptDirectory
+
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise IndexDatabaseError(f"lanshare's migrations have {len(heads)} heads, expected one")
@@ -103,6 +112,8 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
@@ -149,7 +160,46 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def quick_head() -> str | None:
+    """The head revision read straight from the migration files, without Alembic; None when a
+    file is not the plain one-parent kind this can read (then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((script_location() / "versions").glob("*.py")):
+        found = dict((m[0], m[1] or m[2] or None) for m in _REVISION_LINE.findall(path.read_text()))
+        if found.get("revision") is None or "down_revision" not in found:
+            return None
+        revisions.add(cast(str, found["revision"]))
+        if found["down_revision"] is not None:
+            parents.add(found["down_revision"])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database is at this lanshare's head already: then opening it needs no
+    Alembic, which is ~0.1 s of every short command's start-up.  Read without a lock."""
+    try:
+        head = quick_head()
+    except OSError:
+        return False
+    if head is None:
+        return False
+    try:
+        with engine.connect() as connection:
+            current = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SQLAlchemyError:
+        return False  # no version table yet (a new database): migrate
+    return current == [head]
+
+
 def _migrate(engine: Engine, sqlite_file: Path | None) -> None:
+    if _at_head(engine):
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     # BEGIN IMMEDIATE takes SQLite's write lock before the revision is read, so two processes
     # starting together migrate one after the other instead of both creating the same tables.
     with engine.connect() as connection:

@@ -43,6 +43,7 @@ from lanshare.ostree.objects import (
     sha256_hex,
     validate_metadata_object,
 )
+from lanshare.ostree.unnamed import UnnamedWriter
 
 ARCHIVE_MODES = ("archive-z2", "archive")
 # libostree's OSTREE_REF_FRAGMENT_REGEXP, joined by slashes.
@@ -84,6 +85,12 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -100,6 +107,7 @@ class Repo:
         self.collection_id = collection_id
         self.objects_dir = path / "objects"
         self.tmp_dir = path / "tmp"
+        self._unnamed = UnnamedWriter(os.fspath(self.tmp_dir))
         self.state_dir = path / "state"
 
     # -- opening ---------------------------------------------------------------------------
@@ -186,6 +194,31 @@ class Repo:
                 return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), name
             except FileExistsError:
                 continue  # left by an earlier process with this pid
+
+    def _publish_bytes(self, path: str, data: bytes) -> None:
+        """Write verified in-memory ``data`` as the file ``path``, all or nothing: through an
+        unnamed file where the system allows it (:mod:`lanshare.ostree.unnamed`), else a named
+        staging file in tmp/ and a rename.  An object already present stays."""
+        if self._unnamed.write(path, data):
+            return
+        fd, tmp_name = self._create_tmp()
+        try:
+            try:
+                _write_all(fd, data)
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
+            try:
+                os.rename(tmp_name, path)
+            except FileNotFoundError:
+                # Only the first object of each objects/XX directory pays for the mkdir.
+                with suppress(FileExistsError):
+                    os.mkdir(os.path.dirname(path))
+                os.rename(tmp_name, path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
 
     def sync(self) -> None:
         """Make every object written so far durable, before a ref may point at it."""
@@ -285,9 +318,9 @@ class Repo:
         if expected is not None and checksum != expected:
             raise CorruptObject(where, f"checksum mismatch (content hashes to {checksum})")
         validate_metadata_object(object_type, data, where)
-        path = self.object_path(checksum, object_type)
-        if not path.exists():
-            self.atomic_write(path, [data])
+        path = self._object_file(checksum, object_type)
+        if not os.path.exists(path):
+            self._publish_bytes(path, data)
         return checksum
 
     def write_commitmeta(self, commit: str, metadata: dict[str, Variant]) -> None:
@@ -351,28 +384,7 @@ class Repo:
         actual, _ = content.checksum_filez(io.BytesIO(data), f"{expected}.filez")
         if actual != expected:
             raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
-        fd, tmp_name = self._create_tmp()
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, 0o644)
-            finally:
-                os.close(fd)
-            path = self._object_file(expected, ObjectType.FILE)
-            parent = os.path.dirname(path)
-            try:
-                os.rename(tmp_name, path)
-            except FileNotFoundError:
-                # Only the first object of each objects/XX directory pays for the mkdir.
-                with suppress(FileExistsError):
-                    os.mkdir(parent)
-                os.rename(tmp_name, path)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        self._publish_bytes(self._object_file(expected, ObjectType.FILE), data)
 
     def open_content(self, checksum: str) -> tuple[FileHeader, Iterator[bytes]]:
         """A content object's header and its data as chunks (checked against the declared size)."""
