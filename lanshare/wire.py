@@ -188,24 +188,20 @@ class BatchDecoder:
             return None
         if not buf:
             return None
-        if self._next == len(self._expected):
-            if buf[0] != END:
-                raise WireError("batch carries more records than requested")
+        if buf[0] == END:
+            self._check_end()
             del buf[:1]
             self._done = True
             return self._parse_one()
-        want = self._expected[self._next]
-        if buf[0] == END:
-            raise WireError(f"batch ended after fewer records than requested (missing {want})")
         if len(buf) < _HEADER.size:
             return None
         kind_code, raw, status = _HEADER.unpack_from(buf)
-        got = ObjectName(raw.hex(), _CODE_KINDS.get(kind_code, want.kind))
-        if kind_code not in _CODE_KINDS or got != want:
-            raise WireError(f"batch sent {got} where {want} was expected")
+        kind = _CODE_KINDS.get(kind_code)
+        want = self._check_record(None if kind is None else ObjectName(raw.hex(), kind), kind_code, raw)
         if status in (ABSENT, TOO_LARGE):
+            self._check_status(want, status)
             del buf[: _HEADER.size]
-            self._next += 1
+            self._accepted(want, None)
             return want, None, status
         if status != PRESENT:
             raise WireError(f"bad record status {status} for {want}")
@@ -222,11 +218,102 @@ class BatchDecoder:
             data = bytes(view[start : start + length])  # one copy, not two
         del buf[: start + length]
         self._need = 1
-        self._next += 1
+        self._accepted(want, data)
         return want, data, PRESENT
+
+    # -- what a stream may carry: each requested name once, in request order ---------------
+
+    def _check_end(self) -> None:
+        if self._next < len(self._expected):
+            raise WireError(
+                f"batch ended after fewer records than requested (missing {self._expected[self._next]})"
+            )
+
+    def _check_record(self, got: ObjectName | None, kind_code: int, raw: bytes) -> ObjectName:
+        """The name the next record must have, given its header; WireError for any other."""
+        if self._next == len(self._expected):
+            raise WireError("batch carries more records than requested")
+        want = self._expected[self._next]
+        if got != want:
+            shown = got if got is not None else ObjectName(raw.hex(), want.kind)
+            raise WireError(f"batch sent {shown} where {want} was expected")
+        return want
+
+    def _check_status(self, name: ObjectName, status: int) -> None:
+        """ABSENT and TOO_LARGE are answers a batch may give."""
+
+    def _accepted(self, name: ObjectName, data: bytes | None) -> None:
+        self._next += 1
 
     def finish(self) -> None:
         """Call at the end of the response: raises unless every record and the end marker came."""
         if not self._done:
             missing = self._expected[self._next] if self._next < len(self._expected) else "the end marker"
             raise WireError(f"batch stream ended early (before {missing})")
+
+
+# -- tree closures: a commit's directory metadata in one response ---------------------------------
+
+# ``POST /lanshare/v1/trees`` with ``{"commit": "<checksum>", "base": "<checksum>" | null}`` answers
+# with the same framing as a batch, carrying every dirtree and dirmeta of the commit's tree that the
+# server holds, parents before children, each once; subtrees the ``base`` commit's tree shares are
+# left out (the asker holds ``base`` complete).  A pull then needs one round trip for the whole
+# tree instead of one per directory level.  A server that holds only part of the tree sends that
+# part: the asker fetches the rest as before.
+TREES_PATH = f"{API_PREFIX}/trees"
+TREES_FEATURE = "trees"
+# Far above any real tree (an OS of 10⁵ files has ~10⁴ directories), low enough to bound a liar.
+MAX_TREE_RECORDS = 2_000_000
+
+
+def parse_trees_request(body: object) -> tuple[str, str | None]:
+    """The commit and the optional base of a decoded JSON trees request; WireError otherwise."""
+    if not isinstance(body, dict):
+        raise WireError('expected a JSON object {"commit": ..., "base": ...}')
+    commit, base = body.get("commit"), body.get("base")
+    if not isinstance(commit, str) or not is_checksum(commit):
+        raise WireError("commit must be a commit checksum")
+    if base is not None and (not isinstance(base, str) or not is_checksum(base)):
+        raise WireError("base must be a commit checksum or null")
+    return commit, base
+
+
+Expand = Callable[[ObjectName, bytes], Iterable[ObjectName]]
+
+
+class TreeDecoder(BatchDecoder):
+    """Parser of a trees response: a record is accepted only if it is wanted — the root's dirtree
+    and dirmeta, then whatever an accepted dirtree names (``expand`` says what, and must check the
+    record against its checksum first) — so a peer can send nothing outside the tree."""
+
+    def __init__(self, roots: Iterable[ObjectName], expand: Expand) -> None:
+        super().__init__([])
+        self._wanted = set(roots)
+        self._expand = expand
+        self._count = 0
+
+    def _check_end(self) -> None:
+        """A trees response may end anywhere: what it left out is fetched another way."""
+
+    def _check_record(self, got: ObjectName | None, kind_code: int, raw: bytes) -> ObjectName:
+        if got is None or got not in self._wanted:
+            shown = got if got is not None else f"an object of unknown kind {kind_code}"
+            raise WireError(f"trees response sent {shown}, which is not part of the tree asked for")
+        self._count += 1
+        if self._count > MAX_TREE_RECORDS:
+            raise WireError(f"trees response carries more than {MAX_TREE_RECORDS} records")
+        return got
+
+    def _check_status(self, name: ObjectName, status: int) -> None:
+        raise WireError(f"trees response says {name} is absent: it should leave it out")
+
+    def _accepted(self, name: ObjectName, data: bytes | None) -> None:
+        # Still wanted afterwards: a repeat (two directories sharing a dirmeta, from a server that
+        # does not deduplicate) is part of the tree too, and the record limit bounds repeats.
+        if data is not None and name.kind is ObjectType.DIR_TREE:
+            self._wanted.update(self._expand(name, data))
+
+    def finish(self) -> None:
+        """Call at the end of the response: raises unless the end marker came."""
+        if not self._done:
+            raise WireError("trees stream ended early (before the end marker)")

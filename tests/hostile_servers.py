@@ -18,6 +18,7 @@ from types import TracebackType
 from aiohttp import web
 
 from lanshare import wire
+from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
 
 # (server, request, path, data) → a response to send instead of the honest one, or None.
@@ -262,8 +263,13 @@ class FakePeer:
         corrupt_records: bool = False,
         too_large: frozenset[str] = frozenset(),
         archive_behaviour: Behaviour | None = None,
+        trees: str | None = None,
     ) -> None:
         self.repo = repo
+        # None: no trees feature; "honest"; "extra": slips in an object outside the tree;
+        # "forged": a subdirectory's dirtree whose bytes do not hash to its name.
+        self.trees = trees
+        self.trees_requests = 0
         self.node_id = node_id
         self.extra_record = extra_record
         self.corrupt_records = corrupt_records
@@ -279,6 +285,7 @@ class FakePeer:
             [
                 web.get(wire.API_PREFIX + "/info", self.info),
                 web.post(wire.API_PREFIX + "/objects", self.objects),
+                web.post(wire.TREES_PATH, self.tree_closure),
                 *self.archive.routes(),
             ]
         )
@@ -289,15 +296,48 @@ class FakePeer:
         return ServerThread(self.app())
 
     async def info(self, request: web.Request) -> web.Response:
-        """What this peer holds."""
-        return web.json_response(
-            {
-                "version": wire.VERSION,
-                "node_id": self.node_id,
-                "collection_id": self.repo.collection_id,
-                "refs": self.repo.list_refs(),
-            }
-        )
+        """What this peer holds (with the trees feature: every ref's commit, complete)."""
+        refs = self.repo.list_refs()
+        info: dict[str, object] = {
+            "version": wire.VERSION,
+            "node_id": self.node_id,
+            "collection_id": self.repo.collection_id,
+            "refs": refs,
+        }
+        if self.trees is not None:
+            info["features"] = [wire.TREES_FEATURE]
+            info["commits"] = {c: {"complete": True} for c in refs.values()}
+        return web.json_response(info)
+
+    async def tree_closure(self, request: web.Request) -> web.StreamResponse:
+        """The commit's dirtrees and dirmetas, parents first, honest or not as ``trees`` says."""
+        commit, _ = wire.parse_trees_request(await request.json())
+        self.trees_requests += 1
+        root = self.repo.load_commit(commit)
+        records, pending = [], [(root.root_tree, root.root_meta)]
+        while pending:
+            tree, meta = pending.pop(0)
+            records.append(
+                (wire.ObjectName(meta, ObjectType.DIR_META), self._bytes(meta, ObjectType.DIR_META))
+            )
+            data = self._bytes(tree, ObjectType.DIR_TREE)
+            if self.trees == "forged" and tree != root.root_tree:
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            records.append((wire.ObjectName(tree, ObjectType.DIR_TREE), data))
+            pending += [(t, m) for _, t, m in self.repo.load_dirtree(tree).dirs]
+            if self.trees == "extra" and tree == root.root_tree:
+                checksum, kind, path = next(o for o in self.repo.iter_objects() if o[1] is ObjectType.FILE)
+                records.append((wire.ObjectName(checksum, kind), path.read_bytes()))
+        response = web.StreamResponse(headers={"Content-Type": wire.BATCH_CONTENT_TYPE})
+        await response.prepare(request)
+        compressor = wire.compressor().compressobj()
+        body = wire.MAGIC + b"".join(wire.encode_record(n, d) for n, d in records) + bytes([wire.END])
+        await response.write(compressor.compress(body) + compressor.flush())
+        await response.write_eof()
+        return response
+
+    def _bytes(self, checksum: str, kind: ObjectType) -> bytes:
+        return self.repo.object_path(checksum, kind).read_bytes()
 
     async def objects(self, request: web.Request) -> web.StreamResponse:
         """Answer a batch request with one record per object (plus hostile extras when asked)."""

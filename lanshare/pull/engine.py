@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Literal
 import aiohttp
 from sqlalchemy import Engine
 
+from lanshare import wire
 from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
@@ -36,6 +37,7 @@ from lanshare.pull.http import Timeouts
 from lanshare.pull.pipeline import StorePipeline
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import (
+    PeerSource,
     PlanEntry,
     Source,
     expand_plan,
@@ -468,6 +470,7 @@ class _Pull:
 
     async def _fetch_closure(self, commit: Commit) -> None:
         """Walk the tree level by level, fetching missing metadata, then every missing file."""
+        await self._fetch_trees(commit)
         trees, metas = [commit.root_tree], [commit.root_meta]
         seen_trees: set[str] = set()
         seen_metas: set[str] = set()
@@ -490,6 +493,38 @@ class _Pull:
         self.phase = "content"
         self.objects_total = self.objects_done + len(missing)
         await self._fetch(missing)
+
+    async def _fetch_trees(self, commit: Commit) -> None:
+        """The tree's directory metadata in one round trip from a peer holding the whole commit,
+        leaving out what the ref's current commit shares with it; the levels walk that follows
+        then finds it here and fetches only what the peer left out (a round trip per level)."""
+        if await asyncio.to_thread(self.repo.has_object, commit.root_tree, ObjectType.DIR_TREE):
+            return  # a resumed pull, or a tree shared with a commit held here: walk it
+        peer = next(
+            (
+                s
+                for s in self.sources
+                if isinstance(s, PeerSource)
+                and s.usable
+                and s not in self.backing_off
+                and s.holds_complete(self.checksum)
+                and wire.TREES_FEATURE in s.features
+            ),
+            None,
+        )
+        if peer is None:
+            return
+        if not self.partial_marked:
+            await asyncio.to_thread(self._mark_partial, self.checksum)
+        base = await asyncio.to_thread(self._complete_head)
+        await peer.fetch_trees(self.checksum, commit.root_tree, commit.root_meta, base, self._sink)
+
+    def _complete_head(self) -> str | None:
+        """The commit the ref being moved points at, if held complete here (a trees base)."""
+        head = self.repo.read_ref(self.ref) if self.ref is not None else None
+        if head is None or head == self.checksum or self.repo.is_partial(head):
+            return None
+        return head if self.repo.has_object(head, ObjectType.COMMIT) else None
 
     def _missing(self, names: Sequence[ObjectName]) -> list[ObjectName]:
         missing = [n for n in names if not self.repo.has_object(n.checksum, n.kind)]

@@ -26,7 +26,7 @@ import aiohttp
 
 from lanshare import wire
 from lanshare.errors import CorruptObject
-from lanshare.ostree.objects import ObjectType, is_checksum
+from lanshare.ostree.objects import ObjectType, dirtree_checksums, is_checksum, sha256_hex
 from lanshare.ostree.summary import parse_summary
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.http import (
@@ -56,6 +56,9 @@ _INFO_LIMIT = 4 * 1024 * 1024
 # objects): big enough that storing costs one hop per group, not per object; small enough to
 # bound memory (per batch request in flight) and to keep the stream flowing.
 _GROUP_BYTES, _GROUP_OBJECTS = 512 * 1024, 256
+# A trees response is one stream (batches come several at once): its groups are stored this many
+# at a time while it goes on arriving.
+_TREE_GROUPS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,12 @@ class PeerSource(Source):
             self.name = f"{self.node_id} ({self.url})"
 
     def _learn(self, info: dict[str, object]) -> None:
+        features = info.get("features")
+        self.features = (
+            frozenset(f for f in features if isinstance(f, str))
+            if isinstance(features, list)
+            else frozenset()
+        )
         self.refs = _info_refs(info)
         self.complete_commits = _complete_commits(info)
         self.fetching = _fetching_commits(info)
@@ -331,52 +340,17 @@ class PeerSource(Source):
         outcome: dict[ObjectName, str | None] = {}  # None: stored
         too_large: list[ObjectName] = []
         decoder = wire.BatchDecoder(list(batch))
-        group: list[tuple[ObjectName, bytes | BinaryIO]] = []
-        group_bytes = 0
+        groups = _Groups(self, sink)
 
-        async def store() -> None:
-            nonlocal group, group_bytes
-            present, group, group_bytes = group, [], 0
-            if not present:
-                return
-            stored, error = await sink(self, present)
-            for name, _ in present[:stored]:
-                outcome[name] = None
-            if error is not None:
-                raise SourceFailure(f"served a corrupt object: {error}", bad_data=True)
-
-        async def on_chunk(chunk: bytes) -> None:
-            # Records are verified and stored as they arrive, a group at a time: memory stays at
-            # about one group (plus one chunk) per request.
-            nonlocal group_bytes
-            for name, data, status in decoder.feed(chunk):
-                if status == wire.TOO_LARGE:
-                    too_large.append(name)
-                elif data is None:
-                    outcome[name] = "not held by this peer"
-                else:
-                    group.append((name, data))
-                    group_bytes += len(data)
-            if group_bytes >= _GROUP_BYTES or len(group) >= _GROUP_OBJECTS:
-                await store()
+        async def on_record(name: ObjectName, data: bytes | None, status: int) -> None:
+            if status == wire.TOO_LARGE:
+                too_large.append(name)
+            elif data is None:
+                outcome[name] = "not held by this peer"
 
         url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
-        try:
-            body = {"objects": [str(n) for n in batch]}
-            async with request(self.session, "POST", url, self.timeouts, json=body) as response:
-                if response.status != 200:
-                    raise SourceFailure(f"batch request: HTTP {response.status} {response.reason or ''}")
-                await read_body(response, self.timeouts, on_chunk)
-            decoder.finish()
-        except wire.WireError as e:
-            self._fail(SourceFailure(f"broke the batch protocol: {e}", bad_data=True))
-        except SourceFailure as e:
-            self._fail(e)
-        try:
-            # Complete records received before a failure are still checked and kept.
-            await store()
-        except SourceFailure as e:
-            self._fail(e)
+        await self._stream(url, {"objects": [str(n) for n in batch]}, decoder, groups, on_record)
+        outcome.update(dict.fromkeys(groups.stored))
         for name in too_large:
             outcome[name] = await self._fetch_one(name, sink)
         missing: dict[ObjectName, str] = {}
@@ -386,6 +360,129 @@ class PeerSource(Source):
             elif (reason := outcome[name]) is not None:
                 missing[name] = reason
         return missing
+
+    async def fetch_trees(
+        self, commit: str, root_tree: str, root_meta: str, base: str | None, sink: Sink
+    ) -> int:
+        """Store ``commit``'s directory metadata from one trees response (:data:`wire.TREES_PATH`),
+        each record checked to belong to the tree and verified by the sink: how many objects were
+        stored.  What the peer leaves out is the caller's to fetch; a peer that lies is abandoned."""
+        if self.failure is not None or wire.TREES_FEATURE not in self.features:
+            return 0
+        roots = [ObjectName(root_tree, ObjectType.DIR_TREE), ObjectName(root_meta, ObjectType.DIR_META)]
+        decoder = wire.TreeDecoder(roots, _tree_children)
+        groups = _Groups(self, sink, in_flight=_TREE_GROUPS_IN_FLIGHT)
+        url = urljoin(self.url, wire.TREES_PATH.lstrip("/"))
+        # 404: it does not hold that commit after all; nothing is lost, the levels walk fetches it.
+        await self._stream(url, {"commit": commit, "base": base}, decoder, groups, None, not_found_ok=True)
+        return len(groups.stored)
+
+    async def _stream(
+        self,
+        url: str,
+        body: dict[str, object],
+        decoder: wire.BatchDecoder,
+        groups: _Groups,
+        on_record: Callable[[ObjectName, bytes | None, int], Awaitable[None]] | None,
+        *,
+        not_found_ok: bool = False,
+    ) -> None:
+        """POST ``body`` and store the records of the batch-framed answer a group at a time, as they
+        arrive (memory stays at about one group plus one chunk per request).  A failure abandons
+        this source; complete records received before it are still checked and kept."""
+
+        async def on_chunk(chunk: bytes) -> None:
+            for name, data, status in decoder.feed(chunk):
+                if data is not None:
+                    await groups.add(name, data)
+                elif on_record is not None:
+                    await on_record(name, data, status)
+
+        try:
+            async with request(self.session, "POST", url, self.timeouts, json=body) as response:
+                if response.status == 404 and not_found_ok:
+                    return
+                if response.status != 200:
+                    raise SourceFailure(
+                        f"{url.rsplit('/', 1)[-1]} request: HTTP {response.status} {response.reason or ''}"
+                    )
+                await read_body(response, self.timeouts, on_chunk)
+            decoder.finish()
+        except wire.WireError as e:
+            self._fail(SourceFailure(f"broke the batch protocol: {e}", bad_data=True))
+        except SourceFailure as e:
+            self._fail(e)
+        except BaseException:
+            groups.cancel()  # the pull is stopping: no group stored after this
+            raise
+        try:
+            await groups.flush()
+        except SourceFailure as e:
+            self._fail(e)
+
+
+class _Groups:
+    """Hands a source's records to the sink in groups of about :data:`_GROUP_BYTES` (or
+    :data:`_GROUP_OBJECTS`): storing costs one hop per group, not per object, and memory stays
+    bounded per request.  Up to ``in_flight`` groups are stored while more records arrive (one
+    stream alone must not wait for each group's disk writes); ``stored`` lists what the sink
+    stored."""
+
+    def __init__(self, source: Source, sink: Sink, in_flight: int = 1) -> None:
+        self.source = source
+        self.sink = sink
+        self.in_flight = in_flight
+        self.stored: list[ObjectName] = []
+        self._group: list[tuple[ObjectName, bytes | BinaryIO]] = []
+        self._bytes = 0
+        self._storing: list[asyncio.Task[None]] = []
+
+    async def add(self, name: ObjectName, data: bytes) -> None:
+        self._group.append((name, data))
+        self._bytes += len(data)
+        if self._bytes >= _GROUP_BYTES or len(self._group) >= _GROUP_OBJECTS:
+            present, self._group, self._bytes = self._group, [], 0
+            while len(self._storing) >= self.in_flight:
+                await self._storing.pop(0)
+            self._storing.append(asyncio.create_task(self._store(present)))
+
+    async def flush(self) -> None:
+        """Store the group so far and wait for every group; SourceFailure when an object in one
+        of them was corrupt (what the others stored stays stored)."""
+        present, self._group, self._bytes = self._group, [], 0
+        if present:
+            self._storing.append(asyncio.create_task(self._store(present)))
+        storing, self._storing = self._storing, []
+        failures = [r for r in await asyncio.gather(*storing, return_exceptions=True) if r is not None]
+        if failures:
+            raise failures[0]
+
+    def cancel(self) -> None:
+        """Stop waiting for the groups being stored (what a worker already wrote stays)."""
+        for task in self._storing:
+            task.cancel()
+        self._storing = []
+
+    async def _store(self, present: list[tuple[ObjectName, bytes | BinaryIO]]) -> None:
+        stored, error = await self.sink(self.source, present)
+        self.stored.extend(name for name, _ in present[:stored])
+        if error is not None:
+            raise SourceFailure(f"served a corrupt object: {error}", bad_data=True)
+
+
+def _tree_children(name: ObjectName, data: bytes) -> list[ObjectName]:
+    """What a dirtree received in a trees response makes wanted: its subdirectories' dirtree and
+    dirmeta.  Checked against its name first, so a peer cannot widen the tree with a forged one."""
+    if sha256_hex(data) != name.checksum:
+        raise wire.WireError(f"{name} does not hash to its name")
+    try:
+        _, dirs = dirtree_checksums(data, str(name))
+    except CorruptObject as e:
+        raise wire.WireError(str(e)) from None
+    children = []
+    for tree, meta in dirs:
+        children += [ObjectName(tree, ObjectType.DIR_TREE), ObjectName(meta, ObjectType.DIR_META)]
+    return children
 
 
 async def run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -154,18 +155,7 @@ def _closing(error: web.HTTPException) -> web.HTTPException:
 
 async def read_batch_request(request: web.Request, limits: LanLimits) -> list[wire.ObjectName]:
     """Read and validate the JSON body; raises the HTTP error a bad request deserves."""
-    if request.content_length is not None and request.content_length > limits.max_request_bytes:
-        raise _closing(web.HTTPRequestEntityTooLarge(limits.max_request_bytes, request.content_length))
-    try:
-        async with asyncio.timeout(limits.body_timeout):
-            # The application's client_max_size turns an oversized chunked body into a 413 here.
-            raw = await request.read()
-    except TimeoutError:
-        raise _closing(web.HTTPRequestTimeout(text="request body too slow")) from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise web.HTTPBadRequest(text="request body is not JSON") from None
+    body = await read_json_body(request, limits)
     objects = body.get("objects") if isinstance(body, dict) else None
     if isinstance(objects, list) and len(objects) > limits.max_batch_objects:
         raise web.HTTPRequestEntityTooLarge(
@@ -179,22 +169,45 @@ async def read_batch_request(request: web.Request, limits: LanLimits) -> list[wi
         raise web.HTTPBadRequest(text=str(e)) from None
 
 
+async def read_json_body(request: web.Request, limits: LanLimits) -> object:
+    """A request's JSON body, bounded in size and time; raises the HTTP error a bad one deserves."""
+    if request.content_length is not None and request.content_length > limits.max_request_bytes:
+        raise _closing(web.HTTPRequestEntityTooLarge(limits.max_request_bytes, request.content_length))
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            # The application's client_max_size turns an oversized chunked body into a 413 here.
+            raw = await request.read()
+    except TimeoutError:
+        raise _closing(web.HTTPRequestTimeout(text="request body too slow")) from None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise web.HTTPBadRequest(text="request body is not JSON") from None
+
+
 async def send_batch(
     request: web.Request, root: Path, names: list[wire.ObjectName], ledger: PeerLedger
 ) -> web.StreamResponse:
     """Stream the batch response for ``names``."""
+    return await stream_groups(request, BatchEncoder(root, names).next_group, ledger)
+
+
+async def stream_groups(
+    request: web.Request, next_group: Callable[[], bytes | None], ledger: PeerLedger
+) -> web.StreamResponse:
+    """Stream a batch-framed response whose compressed groups ``next_group`` makes (on an encoder
+    thread, one group ahead of the network) until it returns None."""
     response = web.StreamResponse(
         headers={"Content-Type": wire.BATCH_CONTENT_TYPE, "Cache-Control": "no-store"}
     )
     await response.prepare(request)
     writer = BodyWriter(request, response, ledger)
-    encoder = BatchEncoder(root, names)
     loop = asyncio.get_running_loop()
     encoders = _encoder_pool()
-    pending = loop.run_in_executor(encoders, encoder.next_group)
+    pending = loop.run_in_executor(encoders, next_group)
     try:
         while (group := await pending) is not None:
-            pending = loop.run_in_executor(encoders, encoder.next_group)
+            pending = loop.run_in_executor(encoders, next_group)
             if group:
                 await writer.write(group)
     except BodyAborted:

@@ -152,6 +152,7 @@ def compute_info(
     )
     return {
         "protocol": wire.VERSION,
+        "features": [wire.TREES_FEATURE],
         "node_id": node_id,
         "collection_id": repo.collection_id,
         "refs": refs,

@@ -19,6 +19,7 @@ from lanshare.server.archive import archive_file, send_file
 from lanshare.server.batch import read_batch_request, send_batch
 from lanshare.server.holdings import Holdings
 from lanshare.server.limits import LanLimits, PeerLedger, peer_of
+from lanshare.server.trees import send_trees
 
 REPO = web.AppKey("lan_repo", Repo)
 LIMITS = web.AppKey("lan_limits", LanLimits)
@@ -85,6 +86,12 @@ async def _objects(request: web.Request) -> web.StreamResponse:
         return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
 
 
+async def _trees(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    async with app[_BATCH_SLOTS]:
+        return await send_trees(request, app[_ROOT], app[LIMITS], app[LEDGER])
+
+
 def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Application:
     """The read-only LAN application serving ``repo``; run it with ``limits.runner_kwargs()``."""
     app = web.Application(middlewares=[_gate], client_max_size=limits.max_request_bytes)
@@ -99,5 +106,6 @@ def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Applicati
     app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
     app.router.add_get(f"{wire.API_PREFIX}/info", _info)
     app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
+    app.router.add_post(wire.TREES_PATH, _trees)
     app.router.add_get("/{path:.*}", _archive)
     return app
