@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lanshare.config import Config
-from lanshare.discovery.peers import TablePeers
 from lanshare.errors import UsageError
 from lanshare.pull.sources import PeerProvider, PlanEntry, SourceSpec, StaticPeers, base_url
 
@@ -37,4 +36,6 @@ def lan_peers(config: Config) -> PeerProvider:
     """The peer table (fed by mDNS and the daemon's health checks) with the static peers."""
     if not config.sharing.discovery:
         return StaticPeers(config.sharing.peers)
+    from lanshare.discovery.peers import TablePeers  # the index and mDNS, only when discovering
+
     return TablePeers(config.database.url, config.sharing.peers, config.state_dir)

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +53,8 @@ _PARTIAL_RE = re.compile(r"^[0-9a-f]{4,63}$")
 _SUFFIX_RE = re.compile(r"^(.*?)(\^*)$")
 # Staging file names in tmp/ (itertools.count's next() is atomic under the GIL).
 _TMP_COUNTER = itertools.count()
+# Objects asked about in one objects/XX directory from which listing it beats a stat per object.
+_LIST_DIR_FROM = 4
 
 
 class RepoError(Error):
@@ -248,6 +250,34 @@ class Repo:
     def has_object(self, checksum: str, object_type: ObjectType) -> bool:
         """True if the object's file exists."""
         return self.object_path(checksum, object_type).exists()
+
+    def absent(self, objects: Sequence[tuple[str, ObjectType]]) -> list[int]:
+        """Positions in ``objects`` of those not in the repository.
+
+        For the thousands of objects a pull checks at once: objects sharing an ``objects/XX``
+        directory are looked up in one listing of it (or one failed open, in a new repository)
+        instead of a stat each; a directory asked about once or twice still gets stats."""
+        by_dir: dict[str, list[int]] = {}
+        for i, (checksum, _) in enumerate(objects):
+            if not is_checksum(checksum):
+                raise ValueError(f"not a checksum: {checksum!r}")
+            by_dir.setdefault(checksum[:2], []).append(i)
+        base = os.fspath(self.objects_dir)
+        missing: list[int] = []
+        for prefix, positions in by_dir.items():
+            if len(positions) < _LIST_DIR_FROM:
+                missing += [i for i in positions if not os.path.exists(self._object_file(*objects[i]))]
+                continue
+            try:
+                present = set(os.listdir(f"{base}/{prefix}"))
+            except FileNotFoundError:
+                present = set()
+            for i in positions:
+                checksum, object_type = objects[i]
+                if f"{checksum[2:]}.{object_type.value}" not in present:
+                    missing.append(i)
+        missing.sort()
+        return missing
 
     def iter_objects(self) -> Iterator[tuple[str, ObjectType, Path]]:
         """Every object file in the repository, with its type (stray files skipped)."""

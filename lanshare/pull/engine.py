@@ -527,8 +527,7 @@ class _Pull:
         return head if self.repo.has_object(head, ObjectType.COMMIT) else None
 
     def _missing(self, names: Sequence[ObjectName]) -> list[ObjectName]:
-        missing = [n for n in names if not self.repo.has_object(n.checksum, n.kind)]
-        return missing
+        return [names[i] for i in self.repo.absent([(n.checksum, n.kind) for n in names])]
 
     def _list_trees(self, trees: Sequence[str]) -> list[tuple[list[str], list[str], list[str]]]:
         listed = []
