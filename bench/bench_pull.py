@@ -14,7 +14,9 @@ timed):
 * the same ``ostree pull`` from the lanshare daemon (archive layout).
 
 Rounds alternate the order; medians are reported. Nothing is dropped from the page cache: the
-served repository was just written, so every run reads it warm. Each run's client is timed as a
+served repository was just written, so every run reads it warm. Pulled repositories are deleted
+only after the last round (a deletion slows the next run's file creation on ext4), and lanshare
+runs from compiled bytecode, as installed. Each run's client is timed as a
 child process (wall, CPU-s from ``wait4``, peak RSS from GNU time); the server's CPU time comes
 from ``/proc/PID/stat`` and its peak RSS from ``VmHWM`` (reset before each run through
 ``/proc/PID/clear_refs``). Bytes on the wire are counted on ``lo`` (``/proc/net/dev``: both
@@ -390,6 +392,7 @@ def run_bench(
             stats, shape, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
         )
         result.load.append(os.getloadavg())
+        pulled: list[Path] = []
         for round_no in range(rounds):
             order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
             log(f"round {round_no + 1}/{rounds}: " + ", ".join(w.key for w in order))
@@ -409,9 +412,13 @@ def run_bench(
                     result.failures.append(problem)
                 elif round_no == 0:
                     result.checks.append(way.key)
-                if not keep or round_no < rounds - 1:
-                    shutil.rmtree(repo.parent)
+                pulled.append(repo.parent)
         result.load.append(os.getloadavg())
+        # Removed only now: on ext4, creating files within a minute of deleting thousands makes
+        # inode allocation skip the recently deleted ones, slowly (`perf`: find_inode_bit /
+        # recently_deleted took ~60% of a core), which would be charged to whichever way ran next.
+        for run_dir in pulled if not keep else pulled[: -len(ways)]:
+            shutil.rmtree(run_dir)
         if strace:
             for key in ("lanshare", "ostree-nginx"):
                 way = ways[key]

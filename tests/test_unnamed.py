@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_where_no_way_of_naming_works_the_repo_writes_named_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refused(fd: int, target: bytes) -> int:
-        return unnamed.errno.EXDEV  # what /proc/self/fd linking gets in some sandboxes
+        return errno.EXDEV  # what /proc/self/fd linking gets in some sandboxes
 
     monkeypatch.setattr(unnamed, "_link_empty_path", refused)
     monkeypatch.setattr(unnamed, "_link_proc", refused)
@@ -66,7 +67,7 @@ def test_without_the_capability_the_proc_link_is_used(
 
     def refused(fd: int, target: bytes) -> int:
         used.append("empty-path")
-        return unnamed.errno.ENOENT
+        return errno.ENOENT
 
     def by_proc(fd: int, target: bytes) -> int:
         used.append("proc")
