@@ -258,8 +258,9 @@ def run() -> NoReturn:
     # aiohttp, the object walk) that nobody waits for usefully.  What exit must still do is done
     # here: atexit handlers (logging, multiprocessing) and flushed output.  A command that left a
     # thread running gets the normal exit, which waits for it.
+    # So does a run under a profiler or tracer, which writes its results after this returns.
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if others:
+    if others or sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
