@@ -188,6 +188,7 @@ def run_fanout(
         ways = {key: FanoutWay(key, label, server) for key, label, server in WAYS}
         result = FanoutResult(stats, shape, clients, objects, archive_bytes, commit, ways)
         result.load.append(os.getloadavg())
+        pulled: list[Path] = []
         for round_no in range(rounds):
             order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
             for way in order:
@@ -216,8 +217,11 @@ def run_fanout(
                     problem = runner.check(Way(way.key, way.label, way.server), repo, commit)
                     if problem:
                         result.failures.append(f"client {i}: {problem}")
-                    shutil.rmtree(repo.parent)
+                    pulled.append(repo.parent)
         result.load.append(os.getloadavg())
+        # Only now (see bench_pull): deleting thousands of files slows the next run's creations.
+        for run_dir in pulled:
+            shutil.rmtree(run_dir)
         return result
     finally:
         for server in servers:
