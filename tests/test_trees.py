@@ -119,3 +119,41 @@ def test_an_honest_fake_peer_serves_trees_then_batches(client: Client, published
         result = client.pull(server.url)
     assert peer.trees_requests == 1 and result.abandoned == {}
     client.assert_clean(published.v2)
+
+
+def _stream(*records: bytes, end: bool = True) -> bytes:
+    body = wire.MAGIC + b"".join(records) + (bytes([wire.END]) if end else b"")
+    return wire.compressor().compress(body)
+
+
+@pytest.mark.parametrize(
+    ("records", "end", "error"),
+    [
+        ((("root", wire.ABSENT),), True, "says .* is absent"),
+        ((("stranger", wire.PRESENT),), True, "not part of the tree"),
+        ((("root", wire.PRESENT),), False, "ended early"),
+    ],
+)
+def test_the_trees_decoder_refuses_what_a_tree_response_cannot_carry(
+    records: tuple[tuple[str, int], ...], end: bool, error: str
+) -> None:
+    root = wire.ObjectName("ab" * 32, ObjectType.DIR_META)
+    names = {"root": root, "stranger": wire.ObjectName("cd" * 32, ObjectType.DIR_META)}
+    encoded = [
+        wire.encode_record(names[which], None, status)
+        if status != wire.PRESENT
+        else wire.encode_record(names[which], b"x")
+        for which, status in records
+    ]
+    decoder = wire.TreeDecoder([root], lambda name, data: [])
+    with pytest.raises(wire.WireError, match=error):
+        decoder.feed(_stream(*encoded, end=end))
+        decoder.finish()
+
+
+def test_the_trees_decoder_bounds_the_records_a_liar_can_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "MAX_TREE_RECORDS", 3)
+    root = wire.ObjectName("ab" * 32, ObjectType.DIR_META)
+    decoder = wire.TreeDecoder([root], lambda name, data: [])
+    with pytest.raises(wire.WireError, match="more than 3 records"):
+        decoder.feed(_stream(*[wire.encode_record(root, b"x")] * 4))
