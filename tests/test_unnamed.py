@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from lanshare.errors import CorruptObject
 from lanshare.ostree import unnamed
+from lanshare.ostree.content import FileHeader
 from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import Repo
+from lanshare.pull import http
 
 
 def test_writes_the_file_whole_with_its_mode_whatever_the_umask(tmp_path: Path) -> None:
@@ -84,3 +89,51 @@ def test_without_the_capability_the_proc_link_is_used(
     assert writer.write(str(tmp_path / "objects" / "b"), b"two")
     assert used == ["empty-path", "proc", "proc"]  # the refused way is not tried again
     assert (tmp_path / "objects" / "b").read_bytes() == b"two"
+
+
+def _big_filez(tmp_path: Path) -> tuple[str, bytes]:
+    """A .filez of ~2 MB of incompressible data: past what a download keeps in memory."""
+    source = Repo.init(tmp_path / "source")
+    data = random.Random(3).randbytes(2 * http.SPOOL_IN_MEMORY)
+    checksum = source.write_content(FileHeader(0, 0, 0o100644, size=len(data)), [data])
+    return checksum, source.object_path(checksum, ObjectType.FILE).read_bytes()
+
+
+def _spooled(repo: Repo, filez: bytes) -> http.ObjectBuffer:
+    buffer = http.ObjectBuffer("big.filez", repo.tmp_dir, filez=True)
+    for start in range(0, len(filez), 65536):
+        buffer.write(filez[start : start + 65536])
+    return buffer
+
+
+def test_a_big_download_is_verified_and_named_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checksum, filez = _big_filez(tmp_path)
+    repo = Repo.init(tmp_path / "repo")
+    buffer = _spooled(repo, filez)
+    payload = buffer.payload()
+    assert not isinstance(payload, bytes)  # spooled to an unnamed file, not kept in memory
+
+    def no_copy(*args: object, **kwargs: object) -> object:
+        raise AssertionError("copied a spooled download instead of naming it")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_copy)
+    repo.write_filez(checksum, payload)
+    buffer.close()
+    assert repo.object_path(checksum, ObjectType.FILE).read_bytes() == filez
+    assert os.listdir(repo.tmp_dir) == []
+
+
+def test_a_corrupt_big_download_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    checksum, filez = _big_filez(tmp_path)
+    repo = Repo.init(tmp_path / "repo")
+    damaged = filez[:-100] + bytes([filez[-100] ^ 1]) + filez[-99:]
+    buffer = _spooled(repo, damaged)
+    payload = buffer.payload()
+    assert not isinstance(payload, bytes)
+    with pytest.raises(CorruptObject):
+        repo.write_filez(checksum, payload)
+    buffer.close()
+    assert not repo.has_object(checksum, ObjectType.FILE)
+    assert os.listdir(repo.tmp_dir) == []

@@ -21,6 +21,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -392,6 +393,8 @@ class Repo:
 
     def write_filez(self, expected: str, stream: BinaryIO) -> None:
         """Store a ``.filez`` received from elsewhere, byte for byte, once it verifies."""
+        if self._adopt_filez(expected, stream):
+            return
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="tmpobject-")
         try:
             with os.fdopen(fd, "w+b") as f:
@@ -408,6 +411,27 @@ class Repo:
             with suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
+
+    def _adopt_filez(self, expected: str, stream: BinaryIO) -> bool:
+        """Verify ``stream`` and give it the object's name in place, when it is an unnamed file of
+        this filesystem (how a pull spools a big download): no copy of a file of many MB.  False,
+        having changed nothing, for any other stream or where unnamed files cannot be named."""
+        try:
+            fd = stream.fileno()
+            st = os.fstat(fd)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return False
+        if st.st_nlink != 0 or not stat.S_ISREG(st.st_mode) or st.st_dev != os.stat(self.tmp_dir).st_dev:
+            return False
+        stream.seek(0)
+        actual, _ = content.checksum_filez(stream, f"{expected}.filez")
+        if actual != expected:
+            raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
+        os.fchmod(fd, 0o644)
+        if self._unnamed.link(fd, self._object_file(expected, ObjectType.FILE), own_file=False):
+            return True
+        stream.seek(0)
+        return False
 
     def write_filez_bytes(self, expected: str, data: bytes) -> None:
         """Like :meth:`write_filez` for data already in memory: verified before it touches the disk."""

@@ -72,14 +72,17 @@ class UnnamedWriter:
             while view:
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)  # whatever the umask
-            return self._name(fd, path)
+            return self.link(fd, path)
         finally:
             os.close(fd)
 
-    def _name(self, fd: int, path: str) -> bool:
+    def link(self, fd: int, path: str, *, own_file: bool = True) -> bool:
+        """Give the unnamed file open as ``fd`` the name ``path`` (an existing ``path`` stays);
+        False when unnamed files cannot be named here.  ``own_file``: ``fd`` came from
+        :meth:`write`, so a refusal says the way does not work here and it is not tried again;
+        a file opened elsewhere may just not be linkable (``O_EXCL``), which teaches nothing."""
         target = os.fsencode(path)
-        while self._ways:
-            link = self._ways[0]
+        for link in list(self._ways):
             err = link(fd, target)
             if err == errno.ENOENT and not os.path.isdir(os.path.dirname(path)):
                 # Only the first object of each objects/XX directory pays for the mkdir.
@@ -90,5 +93,18 @@ class UnnamedWriter:
                 return True
             if err not in _UNAVAILABLE:
                 raise OSError(err, os.strerror(err), path)
-            self._ways.pop(0)
+            if own_file:
+                self._ways.remove(link)
         return False
+
+
+def open_unnamed(directory: str) -> int | None:
+    """A new unnamed file in ``directory`` that :meth:`UnnamedWriter.link` can name later
+    (``O_TMPFILE`` without ``O_EXCL``, unlike :func:`tempfile.TemporaryFile`'s); None where the
+    filesystem has none."""
+    try:
+        return os.open(directory, os.O_RDWR | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise

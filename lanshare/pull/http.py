@@ -16,6 +16,7 @@ import aiohttp
 from lanshare.errors import CorruptObject
 from lanshare.ostree import content
 from lanshare.ostree.objects import MAX_METADATA_SIZE
+from lanshare.ostree.unnamed import open_unnamed
 from lanshare.pull.errors import LocalWriteError, SourceFailure
 
 # Objects up to this size stay in memory between download and verification; larger ones spool
@@ -95,7 +96,11 @@ def deflate_bound(size: int) -> int:
 
 
 class ObjectBuffer:
-    """A downloaded object, kept in memory or spooled to tmp/, refusing to grow past its limit."""
+    """A downloaded object, kept in memory or spooled to tmp/, refusing to grow past its limit.
+
+    Past :data:`SPOOL_IN_MEMORY` it moves to an unnamed file in the repository's tmp/ (same
+    filesystem; the kernel drops it with its descriptor), which :meth:`Repo.write_filez` can then
+    verify and give its object name in place instead of copying it."""
 
     def __init__(self, where: str, tmp_dir: Path, *, filez: bool) -> None:
         self.where = where
@@ -105,9 +110,9 @@ class ObjectBuffer:
         self._limit = _MAX_FILEZ_HEAD if filez else MAX_METADATA_SIZE
         self._limit_known = not filez
         self._head = bytearray()
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
-            max_size=SPOOL_IN_MEMORY, dir=str(tmp_dir), prefix="tmpobject-"
-        )
+        self._tmp_dir = tmp_dir
+        self._memory = bytearray()
+        self._file: IO[bytes] | None = None
 
     def write(self, chunk: bytes) -> None:
         """Append a chunk; raises CorruptObject once the object is longer than it can be."""
@@ -117,11 +122,25 @@ class ObjectBuffer:
             self._learn_limit()
         if self.size > self._limit:
             raise CorruptObject(self.where, f"longer than the {self._limit} bytes it can be")
+        if self._file is None and self.size <= SPOOL_IN_MEMORY:
+            self._memory += chunk
+            return
         try:
+            if self._file is None:
+                self._file = self._spool_file()
+                self._file.write(self._memory)
+                self._memory = bytearray()
             self._file.write(chunk)
         except OSError as e:
             # Our disk, not the source: must not be mistaken for a network failure and demote it.
             raise LocalWriteError(f"{self.where}: {e.strerror or e}") from None
+
+    def _spool_file(self) -> IO[bytes]:
+        """An unnamed file that can be named later, else any temporary file."""
+        fd = open_unnamed(str(self._tmp_dir))
+        if fd is None:
+            return tempfile.TemporaryFile(dir=self._tmp_dir)
+        return open(fd, "w+b")
 
     async def write_async(self, chunk: bytes) -> None:
         """:meth:`write` as a body callback."""
@@ -139,18 +158,24 @@ class ObjectBuffer:
         self._limit = 8 + length + deflate_bound(header.size)
         self._limit_known = True
 
-    def stream(self) -> BinaryIO:
-        """The whole object as a file positioned at its start."""
+    def payload(self) -> bytes | BinaryIO:
+        """The whole object: its bytes when it stayed in memory, else its spool file at its start."""
+        if self._file is None:
+            return bytes(self._memory)
+        self._file.flush()
         self._file.seek(0)
         return cast(BinaryIO, self._file)
 
     def getvalue(self) -> bytes:
         """The whole object as bytes (metadata objects)."""
-        return self.stream().read()
+        payload = self.payload()
+        return payload if isinstance(payload, bytes) else payload.read()
 
     def close(self) -> None:
         """Drop the buffer (and its spool file)."""
-        self._file.close()
+        self._memory = bytearray()
+        if self._file is not None:
+            self._file.close()
 
 
 # A busy server (503, 429) or a keep-alive connection the server closed just as we reused it

@@ -258,7 +258,7 @@ class Source:
         if buffer is None:
             return "not found"
         try:
-            _, error = await sink(self, [(name, buffer.stream())])
+            _, error = await sink(self, [(name, buffer.payload())])
         finally:
             buffer.close()
         if error is not None:
@@ -326,35 +326,50 @@ class PeerSource(Source):
         size = max(_MIN_BATCH, min(_MAX_BATCH, -(-len(names) // parallel)))
         batches = iter([names[i : i + size] for i in range(0, len(names), size)])
         missing: dict[ObjectName, str] = {}
+        # Objects the batches answered TOO_LARGE, fetched one by one from the archive layout by
+        # whichever workers are free: a big file is often beside other big files, and fetching a
+        # batch's big ones in the worker that got that batch made a long tail of one download at
+        # a time while the other workers had nothing left to do.
+        too_large: list[ObjectName] = []
 
         async def worker() -> None:
             for batch in batches:
-                missing.update(await self._fetch_batch(batch, sink))
+                missing.update(await self._fetch_batch(batch, sink, too_large))
+            while too_large:
+                name = too_large.pop()
+                if (reason := await self._fetch_one(name, sink)) is not None:
+                    missing[name] = reason
 
         await run_workers(min(parallel, len(names)), worker)
         return missing
 
-    async def _fetch_batch(self, batch: Sequence[ObjectName], sink: Sink) -> dict[ObjectName, str]:
+    async def _fetch_batch(
+        self, batch: Sequence[ObjectName], sink: Sink, too_large: list[ObjectName]
+    ) -> dict[ObjectName, str]:
+        """Fetch one batch; the objects it answers TOO_LARGE are added to ``too_large`` (for
+        the caller to fetch) and left out of the result."""
         if self.failure is not None:
             return dict.fromkeys(batch, f"abandoned earlier: {self.failure}")
         outcome: dict[ObjectName, str | None] = {}  # None: stored
-        too_large: list[ObjectName] = []
+        large: list[ObjectName] = []
         decoder = wire.BatchDecoder(list(batch))
         groups = _Groups(self, sink)
 
         async def on_record(name: ObjectName, data: bytes | None, status: int) -> None:
             if status == wire.TOO_LARGE:
-                too_large.append(name)
+                large.append(name)
             elif data is None:
                 outcome[name] = "not held by this peer"
 
         url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
         await self._stream(url, {"objects": [str(n) for n in batch]}, decoder, groups, on_record)
         outcome.update(dict.fromkeys(groups.stored))
-        for name in too_large:
-            outcome[name] = await self._fetch_one(name, sink)
+        too_large += large
+        handed_on = set(large)
         missing: dict[ObjectName, str] = {}
         for name in batch:
+            if name in handed_on:
+                continue
             if name not in outcome:
                 missing[name] = f"abandoned: {self.failure}"
             elif (reason := outcome[name]) is not None:
