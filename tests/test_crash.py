@@ -1,7 +1,8 @@
 """Crash consistency: SIGKILL at random moments during pull, commit, prune, reindex and a migration.
 
-36 runs here, 56 with the 20 of tests/test_prune.py (prune alone, another history, no index; these
-prune a machine with an index, an admin pin and a pull history).
+36 runs here; tests/test_prune.py adds ~30 prune-only ones (another history, each killed just before
+a chosen filesystem change, see tests/forker.py; these prune a machine with an index, an admin pin
+and a pull history).
 Each run starts from a copy of one template machine — a repository with an admin pin and its
 index — kills the command after a delay drawn from the measured length of one clean run, then
 checks what a person recovering the machine would rely on:
