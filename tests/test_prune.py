@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +19,7 @@ from lanshare.ostree.repo import Repo
 from lanshare.retention import RetentionPolicy, plan_retention
 from lanshare.update_path import RepoGraph, compute_path
 from tests.conftest import lanshare, ostree
+from tests.forker import Forker, Job
 
 DAY = 86400
 
@@ -220,51 +218,87 @@ def test_lease_of_a_pull_in_progress_is_kept(tmp_path: Path) -> None:
 
 def _roots(repo: Repo) -> dict[str, list[tuple[str, ObjectType]]]:
     plan = plan_retention(
-        repo, RetentionPolicy(keep_latest=1, keep_younger_than=DAY, max_size=1, now=time.time())
+        repo,
+        RetentionPolicy(
+            keep_latest=1, keep_younger_than=DAY, max_size=1, followed_refs=["os/stable"], now=time.time()
+        ),
     )
     return {commit: list(repo.iter_closure(commit)) for commit in plan.full}
 
 
+def _phase(change: tuple[str, str], repo: Path) -> str:
+    """Which step of a prune a filesystem change belongs to (see lanshare/prune.py)."""
+    event, path = change
+    where = Path(path).relative_to(repo) if Path(path).is_relative_to(repo) else Path(path)
+    if where.parts[:1] == ("objects",):
+        return f"{event} {where.suffix if where.suffix in ('.commit', '.commitmeta') else 'object'}"
+    if where.parts[:1] in (("state",), ("tmp",)):
+        return f"{event} {where.parts[0]}/*{where.suffix}"
+    return f"{event} {where}"
+
+
+def _kill_points(phases: list[str], spread: int = 6) -> list[int]:
+    """Changes to kill before (from 1): the first, middle and last change of every phase (a run of
+    changes of one kind) and the change after it, and ``spread`` more across the longest one."""
+    runs: list[tuple[int, int]] = []  # [first, last] index of each run
+    for index, phase in enumerate(phases):
+        if runs and phases[runs[-1][0]] == phase:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    points = {i for first, last in runs for i in (first, (first + last) // 2, last, last + 1)}
+    first, last = max(runs, key=lambda run: run[1] - run[0])
+    points |= {first + (last - first) * k // (spread + 1) for k in range(1, spread + 1)}
+    return sorted(i + 1 for i in points if i < len(phases))  # before change i+1 = after change i
+
+
 @pytest.mark.slow
-def test_prune_killed_at_random_moments_never_breaks_the_repo(tmp_path: Path) -> None:
-    template, _ = build_history(tmp_path / "template", files=150)
+def test_prune_killed_before_any_of_its_changes_never_breaks_the_repo(tmp_path: Path) -> None:
+    # The history has a followed chain (made partial), an unfollowed ref (evicted whole: commit
+    # objects first) and tmp/ debris of an earlier crash, so every step of a sweep changes something.
+    template, _ = build_history(tmp_path / "template", files=40)
+    when = int(time.time()) - 100 * DAY
+    for n in range(3):
+        publish(template, tmp_path / "template" / "lab", "os/lab", f"lab{n}", when + n)
+    (template.tmp_dir / "tmpobject-left-by-a-crash").write_bytes(b"half an object")
     roots = _roots(template)
-    rng = random.Random(20261125)
-    # Time one uninterrupted prune so kills land anywhere from start-up to the end of the sweep.
-    probe = tmp_path / "probe"
-    shutil.copytree(template.path, probe / "repo", symlinks=True)
-    config = write_config(probe, probe / "repo", keep_latest=1, keep_younger_than="1d", max_size="1")
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "lanshare.cli", "prune", "--config", str(config)], check=True)
-    duration = time.monotonic() - started
-    interrupted = 0
-    for run in range(80):  # until 20 runs were killed mid-way
-        if interrupted == 20:
-            break
-        work = tmp_path / f"run{run}"
+
+    def copy(name: str) -> tuple[Path, Path]:
+        work = tmp_path / name
         shutil.copytree(template.path, work / "repo", symlinks=True)
         config = write_config(work, work / "repo", keep_latest=1, keep_younger_than="1d", max_size="1")
-        started = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "lanshare.cli", "prune", "--config", str(config)])
-        time.sleep(rng.uniform(0.0, duration))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            interrupted += 1
-        else:
-            # It finished first (the machine got less busy): aim the next kills well within its
-            # time, since how long a prune takes here swings with the machine's load.
-            duration = 0.8 * min(duration, time.monotonic() - started)
-        proc.wait()
-        repo = Repo.open(work / "repo")
-        assert_fsck_clean(repo)
-        for commit, closure in roots.items():
-            assert all(repo.has_object(c, k) for c, k in closure), f"run {run}: root {commit} lost objects"
-        if run % 5 == 0:
-            # The next prune completes what the killed one started.
-            assert lanshare("prune", "--config", config) == 0
-            assert_fsck_clean(repo)
+        config.write_text(config.read_text() + '[origin]\nrefs = ["os/stable"]\n')
+        return work, config
+
+    forker = Forker()
+    try:
+        # One clean run, traced: the ordered list of every filesystem change a prune makes.
+        work, config = copy("traced")
+        job: Job = {"cli": ["prune", "--config", str(config)]}
+        phases = [_phase(change, work / "repo") for change in forker.changes(job, tmp_path / "trace.json")]
+        for step in ("os.remove tmp/*", "open state/*.commitpartial", "os.remove .commit", "os.remove object",
+                     "os.remove state/*.commitpartial"):  # fmt: skip
+            assert step in phases, f"the template no longer makes a prune {step}: {sorted(set(phases))}"
         shutil.rmtree(work)
-    assert interrupted == 20, f"only {interrupted} of {run + 1} runs were killed mid-way"
+        points = _kill_points(phases)
+        print(f"prune makes {len(phases)} changes; killed before each of changes {points}")
+        for point in points:
+            work, config = copy(f"kill{point}")
+            what = f"killed before change {point} of {len(phases)}"
+            assert forker.kill_before_change({"cli": ["prune", "--config", str(config)]}, point), what
+            repo = Repo.open(work / "repo")
+            assert_fsck_clean(repo)
+            for commit, closure in roots.items():
+                assert all(repo.has_object(c, k) for c, k in closure), f"{what}: root {commit} lost objects"
+            # The next prune completes what the killed one started.
+            assert lanshare("prune", "--config", config) == 0, what
+            assert_fsck_clean(repo)
+            lab_head = repo.read_ref("os/lab")  # a ref's head always stays
+            assert lab_head is not None and repo.missing_objects(lab_head) == [], what
+            shutil.rmtree(work)
+    finally:
+        forker.close()
+    assert len(points) >= 20, points
 
 
 def test_concurrent_commits_and_prunes_lose_nothing(tmp_path: Path) -> None:
