@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -42,11 +43,11 @@ _TOP_FILES = frozenset({"config", "summary", "summary.sig", "summary.idx", "summ
 _SUBSUMMARY_RE = re.compile(r"summaries/[0-9a-f]{64}\.gz", re.ASCII)
 _SUMMARIES_RE = re.compile(r"summaries/[0-9a-f]{64}(?:-[0-9a-f]{64}\.delta|\.idx\.sig)", re.ASCII)
 _MAX_PATH = 1024
+_COMMIT_META = ObjectType.COMMIT_META.value
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
 
 
-@dataclass(frozen=True)
-class ArchiveFile:
+class ArchiveFile(NamedTuple):
     """A whitelisted repository file: its path components and how long caches may keep it."""
 
     parts: tuple[str, ...]
@@ -82,7 +83,7 @@ def archive_file(path: str) -> ArchiveFile | None:
         return ArchiveFile((path,), REVALIDATE)
     if match := _OBJECT_RE.fullmatch(path):
         # Detached metadata is named after its commit, not its bytes: signatures get added to it.
-        mutable = match.group(3) == ObjectType.COMMIT_META.value
+        mutable = match.group(3) == _COMMIT_META
         return ArchiveFile(tuple(path.split("/")), REVALIDATE if mutable else IMMUTABLE)
     if _DELTA_RE.fullmatch(path) or _DELTA_INDEX_RE.fullmatch(path):
         # A delta regenerated with other options has other bytes under the same name.
@@ -138,6 +139,12 @@ def _range_applies(request: web.BaseRequest, etag: str, mtime: int) -> bool:
     return since is not None and mtime <= since.timestamp()
 
 
+@functools.lru_cache(maxsize=1024)
+def _http_date(mtime: int) -> str:
+    # Formatting a date costs more than the rest of the headers; files written together share it.
+    return email.utils.formatdate(mtime, usegmt=True)
+
+
 def _plan(
     request: web.BaseRequest, file: ArchiveFile, st: os.stat_result
 ) -> tuple[int, int, int, dict[str, str]]:
@@ -146,7 +153,7 @@ def _plan(
     etag = f"{st.st_mtime_ns:x}-{size:x}"
     headers = {
         "ETag": f'"{etag}"',
-        "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+        "Last-Modified": _http_date(mtime),
         "Cache-Control": file.cache_control,
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
