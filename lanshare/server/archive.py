@@ -186,7 +186,10 @@ async def send_file(
         if opened.data is not None and status != 304 and request.method != "HEAD":
             whole = start == 0 and count == len(opened.data)
             body = opened.data if whole else opened.data[start : start + count]
-            await ledger.pace(peer_of(request), len(body))
+            if ledger.limits.max_upload_rate is None:
+                ledger.count_bytes(peer_of(request), len(body))  # no bucket to wait for
+            else:
+                await ledger.pace(peer_of(request), len(body))
             # Headers and body leave in one write.
             return web.Response(status=status, headers=headers, body=body)
         response = web.StreamResponse(status=status, headers=headers)
