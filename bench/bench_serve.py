@@ -8,14 +8,18 @@ nginx, then runs ``ostree pull --disable-static-deltas --no-gpg-verify`` into fr
 lanshare daemon answers the same ones), the figure that decides how close the daemon can get to
 nginx when ostree keeps several requests in flight.  Wall times are printed too but are noisy on a
 shared machine.  ``--keep DIR`` keeps the work directory (the daemon's log); ``--py-spy FILE``
-records the daemon's stacks (raw format, GIL holder only) during its pulls.
+records the daemon's stacks (raw format, GIL holder only) during its pulls.  ``--batch-clients N``
+then has N peers at once fetch every object through the batch API (``POST /lanshare/v1/objects``,
+512 names a request, two requests in flight per peer), the fan-out case, and reports the daemon's
+CPU per object served.
 
-    python -m bench.bench_serve [--repo DIR] [--pulls N] [--keep DIR] [--py-spy FILE]
+    python -m bench.bench_serve [--repo DIR] [--pulls N] [--batch-clients N] [--keep DIR] [--py-spy FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -69,6 +73,36 @@ def _pull(url: str, target: Path) -> float:
     return time.monotonic() - start
 
 
+def _object_names(repo: Path) -> list[str]:
+    return sorted(
+        f"{d.name}{f.name}" for d in (repo / "objects").iterdir() if d.is_dir() for f in d.iterdir()
+    )
+
+
+async def _batch_clients(url: str, names: list[str], clients: int, batch: int) -> int:
+    """``clients`` peers each fetching every object through the batch API, 2 requests in flight
+    each; the streams are read, not decoded (the daemon's side is what is measured).  Bytes read."""
+    import aiohttp
+
+    total = 0
+
+    async def one_batch(session: aiohttp.ClientSession, part: list[str]) -> None:
+        nonlocal total
+        async with session.post(f"{url}lanshare/v1/objects", json={"objects": part}) as response:
+            response.raise_for_status()
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                total += len(chunk)
+
+    async def one_client() -> None:
+        parts = [names[i : i + batch] for i in range(0, len(names), batch)]
+        async with aiohttp.ClientSession() as session:
+            for i in range(0, len(parts), 2):
+                await asyncio.gather(*(one_batch(session, p) for p in parts[i : i + 2]))
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return total
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the pulls and print CPU-s per request for both servers."""
     parser = argparse.ArgumentParser(
@@ -76,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--repo", type=Path, help="archive repository to serve (default: generate one)")
     parser.add_argument("--pulls", type=int, default=3, help="pulls per server (default 3)")
+    parser.add_argument(
+        "--batch-clients", type=int, default=0, help="then N peers at once fetch every object by batch"
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (daemon log)")
     parser.add_argument("--py-spy", type=Path, help="record the daemon's stacks (raw) to this file")
     args = parser.parse_args(argv)
@@ -98,12 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in ("nginx", "lanshare") if n % 2 == 0 else ("lanshare", "nginx"):
                     pid, url = (nginx.pid, nginx.url) if name == "nginx" else (daemon.pid, daemon.url)
                     if name == "lanshare" and args.py_spy and spy is None:
-                        spy = subprocess.Popen(
-                            ["py-spy", "record", "-p", str(pid), "-f", "raw", "-o", str(args.py_spy),
-                             "-r", "500", "--nonblocking", "--gil"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        )  # fmt: skip
-                        time.sleep(1)
+                        spy = _start_spy(pid, args.py_spy, "--gil")
                     offset = nginx.log_offset() if name == "nginx" else 0
                     user, system = _cpu_seconds(pid)
                     walls[name].append(_pull(url, workdir / f"pull-{name}"))
@@ -112,15 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     users[name].append(user_after - user)
                     if name == "nginx":
                         requests = nginx.bytes_sent_since(offset)[0]
-            print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {requests} requests/pull")
-            for name in ("nginx", "lanshare"):
-                cpu = statistics.median(cpus[name])
-                print(
-                    f"{name:<9} wall {statistics.median(walls[name]):5.2f} s  server {cpu:5.2f} CPU-s  "
-                    f"{cpu / requests * 1e6:6.1f} us/request ({statistics.median(users[name]):.2f} user)"
-                    "  (all CPU-s: "
-                    + " ".join(f"{c:.2f}" for c in cpus[name]) + ")"
-                )  # fmt: skip
+            if args.pulls:
+                _print_pulls(load, requests, walls, cpus, users)
+            if args.batch_clients:
+                if args.py_spy and spy is None:
+                    # Every thread: the batch encoders work outside the GIL (reads, zstd).
+                    spy = _start_spy(daemon.pid, args.py_spy)
+                _run_batches(daemon, repo, args.batch_clients)
         finally:
             if spy is not None:
                 spy.send_signal(2)
@@ -128,6 +158,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             daemon.stop()
             nginx.stop()
     return 0
+
+
+def _print_pulls(
+    load: tuple[float, float, float],
+    requests: int,
+    walls: dict[str, list[float]],
+    cpus: dict[str, list[float]],
+    users: dict[str, list[float]],
+) -> None:
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {requests} requests/pull")
+    for name in ("nginx", "lanshare"):
+        cpu = statistics.median(cpus[name])
+        print(
+            f"{name:<9} wall {statistics.median(walls[name]):5.2f} s  server {cpu:5.2f} CPU-s  "
+            f"{cpu / requests * 1e6:6.1f} us/request ({statistics.median(users[name]):.2f} user)"
+            "  (all CPU-s: " + " ".join(f"{c:.2f}" for c in cpus[name]) + ")"
+        )
+
+
+def _start_spy(pid: int, out: Path, *options: str) -> subprocess.Popen[bytes]:
+    spy = subprocess.Popen(
+        ["py-spy", "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", "500", "--nonblocking",
+         *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)
+    return spy
+
+
+def _run_batches(daemon: LanshareServer, repo: Path, clients: int) -> None:
+    names = _object_names(repo)
+    user, system = _cpu_seconds(daemon.pid)
+    start = time.monotonic()
+    got = asyncio.run(_batch_clients(daemon.url, names, clients, 512))
+    wall = time.monotonic() - start
+    user_after, system_after = _cpu_seconds(daemon.pid)
+    cpu = user_after - user + system_after - system
+    objects = len(names) * clients
+    print(
+        f"batch     {clients} peers x {len(names)} objects: wall {wall:5.2f} s  server {cpu:5.2f} CPU-s  "
+        f"{cpu / objects * 1e6:6.1f} us/object ({user_after - user:.2f} user)  ({got / 1e6:.1f} MB read)"
+    )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ async def _info(request: web.Request) -> web.StreamResponse:
 async def _objects(request: web.Request) -> web.StreamResponse:
     names = await read_batch_request(request, request.app[LIMITS])
     async with request.app[_BATCH_SLOTS]:
-        return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
+        return await send_batch(request, request.app[_OPENER], names, request.app[LEDGER])
 
 
 def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Application:

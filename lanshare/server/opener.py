@@ -162,19 +162,20 @@ class FileOpener:
         # Resolved: openat2 refuses any symlink in the path, the repository's own included.
         self.root = Path(os.path.realpath(root))
         self._prefix = os.fsencode(self.root) + b"/"
-        self._open_cached = cached_opener(os.fspath(self.root))
+        # Opens a path under root from cached lookups (None without openat2); the batch encoder's too.
+        self.open_cached = cached_opener(os.fspath(self.root))
 
     @property
     def on_loop(self) -> bool:
         """Whether cached files are opened on the event loop (openat2 with RESOLVE_CACHED works)."""
-        return self._open_cached is not None
+        return self.open_cached is not None
 
     async def open(self, parts: Sequence[str]) -> Opened | None:
         """The open file (small ones read whole), or None if there is no regular file to serve."""
-        if self._open_cached is None:
+        if self.open_cached is None:
             return await asyncio.get_running_loop().run_in_executor(None, _open_file, self.root, parts)
         try:
-            fd = self._open_cached(self._prefix + "/".join(parts).encode())
+            fd = self.open_cached(self._prefix + "/".join(parts).encode())
         except BlockingIOError:
             return await asyncio.get_running_loop().run_in_executor(None, _open_file, self.root, parts)
         except OSError:
