@@ -134,6 +134,24 @@ async def test_a_file_not_in_the_page_cache_is_read_in_a_thread(
 
 
 @pytest.mark.asyncio
+async def test_a_file_only_partly_in_the_page_cache_is_read_whole_in_a_thread(
+    aiohttp_client: AiohttpClient, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await _client(aiohttp_client, served)
+    url, data = _small_object(served)
+    real = os.preadv
+
+    def first_pages_only(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        # RWF_NOWAIT stops at the first page not in memory: here, halfway.
+        whole = os.fstat(fd).st_size
+        got = real(fd, [memoryview(buffers[0])[: whole // 2]], offset, flags)
+        return int(got)
+
+    monkeypatch.setattr(os, "preadv", first_pages_only)
+    await _check_answers(client, url, data)
+
+
+@pytest.mark.asyncio
 async def test_without_openat2_files_are_opened_in_threads_with_the_same_answers(
     aiohttp_client: AiohttpClient, served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,10 +139,9 @@ def _opened(fd: int, nowait: bool) -> Opened | None:
     except OSError:
         # EAGAIN: not in memory (or a filesystem without RWF_NOWAIT): read it in a thread.
         return Opened(fd, st, _NOT_READ)
-    if read == st.st_size:
-        return Opened(fd, st, buffer)
-    os.close(fd)
-    return None
+    # A short read is what RWF_NOWAIT returns when only the first pages are in memory: read the
+    # whole file in a thread (which also tells a file that shrank, answered 404, from a cold one).
+    return Opened(fd, st, buffer if read == st.st_size else _NOT_READ)
 
 
 def _open_file(root: Path, parts: Sequence[str]) -> Opened | None:
