@@ -13,7 +13,8 @@ then has N peers at once fetch every object through the batch API (``POST /lansh
 512 names a request, two requests in flight per peer), the fan-out case, and reports the daemon's
 CPU per object served.
 
-    python -m bench.bench_serve [--repo DIR] [--pulls N] [--batch-clients N] [--keep DIR] [--py-spy FILE]
+    python -m bench.bench_serve [--repo DIR | --files N] [--pulls N] [--batch-clients N]
+                                [--keep DIR] [--py-spy FILE]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from bench.bench_pull import BRANCH, LanshareServer
 from bench.nginx import Nginx
+from bench.treegen import DEFAULT_SMALL_FILES, generate_small_tree
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
@@ -41,12 +43,10 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def _served_repo(workdir: Path) -> Path:
+def _served_repo(workdir: Path, files: int) -> Path:
     """A small-file tree committed (unsigned) into a fresh archive repository."""
-    from bench.treegen import generate_small_tree
-
     tree, repo = workdir / "tree", workdir / "served"
-    generate_small_tree(tree)
+    generate_small_tree(tree, files)
     subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=archive"], check=True)
     subprocess.run(
         ["ostree", "commit", f"--repo={repo}", f"--branch={BRANCH}", f"--tree=dir={tree}"],
@@ -109,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repo", type=Path, help="archive repository to serve (default: generate one)")
+    parser.add_argument(
+        "--files", type=int, default=DEFAULT_SMALL_FILES, help="files of the generated tree (no --repo)"
+    )
     parser.add_argument("--pulls", type=int, default=3, help="pulls per server (default 3)")
     parser.add_argument(
         "--batch-clients", type=int, default=0, help="then N peers at once fetch every object by batch"
@@ -119,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = args.keep.resolve() if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        repo = args.repo.resolve() if args.repo else _served_repo(workdir)
+        repo = args.repo.resolve() if args.repo else _served_repo(workdir, args.files)
         env = dict(os.environ)
         daemon = LanshareServer(repo, workdir / "lanshare", env)
         nginx = Nginx(repo, workdir / "nginx")
