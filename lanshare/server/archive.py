@@ -3,21 +3,19 @@
 A request path is matched against the names libostree and Flatpak fetch (``config``, ``summary``,
 ``summary.idx``, their signatures, ``summaries/…``, objects, refs, static deltas) *before* any
 path is built, so ``..``, NUL, backslashes, ``tmp/``, ``state/``, ``lanshare-upstream/`` and
-everything else never reach the filesystem.  The file is then opened component by component
-under the repository directory with ``O_NOFOLLOW``, so a symlink planted in the repository cannot
-lead outside it either.
+everything else never reach the filesystem.  The file is then opened refusing any symlink
+(:mod:`lanshare.server.opener`), so a symlink planted in the repository cannot lead outside it
+either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import os
 import re
-import stat
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -25,6 +23,7 @@ from lanshare.ostree.objects import ObjectType
 from lanshare.ostree.repo import RepoError, validate_collection_id, validate_ref
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX
 from lanshare.server.limits import BodyAborted, BodyWriter, PeerLedger, abort, peer_of
+from lanshare.server.opener import FileOpener
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Refs, summary and signatures change in place: caches must ask again, the ETag makes that cheap.
@@ -44,12 +43,11 @@ _TOP_FILES = frozenset({"config", "summary", "summary.sig", "summary.idx", "summ
 _SUBSUMMARY_RE = re.compile(r"summaries/[0-9a-f]{64}\.gz", re.ASCII)
 _SUMMARIES_RE = re.compile(r"summaries/[0-9a-f]{64}(?:-[0-9a-f]{64}\.delta|\.idx\.sig)", re.ASCII)
 _MAX_PATH = 1024
-SMALL_FILE = 64 * 1024
+_COMMIT_META = ObjectType.COMMIT_META.value
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)", re.ASCII)
 
 
-@dataclass(frozen=True)
-class ArchiveFile:
+class ArchiveFile(NamedTuple):
     """A whitelisted repository file: its path components and how long caches may keep it."""
 
     parts: tuple[str, ...]
@@ -85,7 +83,7 @@ def archive_file(path: str) -> ArchiveFile | None:
         return ArchiveFile((path,), REVALIDATE)
     if match := _OBJECT_RE.fullmatch(path):
         # Detached metadata is named after its commit, not its bytes: signatures get added to it.
-        mutable = match.group(3) == ObjectType.COMMIT_META.value
+        mutable = match.group(3) == _COMMIT_META
         return ArchiveFile(tuple(path.split("/")), REVALIDATE if mutable else IMMUTABLE)
     if _DELTA_RE.fullmatch(path) or _DELTA_INDEX_RE.fullmatch(path):
         # A delta regenerated with other options has other bytes under the same name.
@@ -97,56 +95,6 @@ def archive_file(path: str) -> ArchiveFile | None:
     if path.startswith("refs/"):
         return _ref_file(path)
     return None
-
-
-def open_beneath(root: Path, parts: Sequence[str]) -> int:
-    """Open ``root/parts…`` read-only, following no symlink; only regular files (else FileNotFoundError)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-    dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in parts[:-1]:
-            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
-        # O_NONBLOCK: opening a FIFO someone left in the repository must not hang a worker thread.
-        fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise FileNotFoundError(f"{'/'.join(parts)}: not a regular file")
-    return fd
-
-
-@dataclass
-class _Opened:
-    """An open repository file; small ones are read whole in the same worker-thread hop."""
-
-    fd: int
-    stat: os.stat_result
-    data: bytes | None
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def _open_file(root: Path, parts: Sequence[str]) -> _Opened | None:
-    try:
-        fd = open_beneath(root, parts)
-    except OSError:
-        # Missing, a symlink (ELOOP), unreadable: all look the same to a peer.
-        return None
-    try:
-        st = os.fstat(fd)
-        # Most objects are a few KiB: one read here is cheaper than a sendfile round on the loop.
-        data = os.pread(fd, st.st_size, 0) if st.st_size <= SMALL_FILE else None
-    except OSError:
-        os.close(fd)
-        return None
-    if data is not None and len(data) != st.st_size:
-        os.close(fd)
-        return None
-    return _Opened(fd, st, data)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
@@ -191,6 +139,12 @@ def _range_applies(request: web.BaseRequest, etag: str, mtime: int) -> bool:
     return since is not None and mtime <= since.timestamp()
 
 
+@functools.lru_cache(maxsize=1024)
+def _http_date(mtime: int) -> str:
+    # Formatting a date costs more than the rest of the headers; files written together share it.
+    return email.utils.formatdate(mtime, usegmt=True)
+
+
 def _plan(
     request: web.BaseRequest, file: ArchiveFile, st: os.stat_result
 ) -> tuple[int, int, int, dict[str, str]]:
@@ -199,7 +153,7 @@ def _plan(
     etag = f"{st.st_mtime_ns:x}-{size:x}"
     headers = {
         "ETag": f'"{etag}"',
-        "Last-Modified": email.utils.formatdate(mtime, usegmt=True),
+        "Last-Modified": _http_date(mtime),
         "Cache-Control": file.cache_control,
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
@@ -221,18 +175,21 @@ def _plan(
 
 
 async def send_file(
-    request: web.BaseRequest, root: Path, file: ArchiveFile, ledger: PeerLedger
+    request: web.BaseRequest, opener: FileOpener, file: ArchiveFile, ledger: PeerLedger
 ) -> web.StreamResponse:
     """Answer GET/HEAD for one repository file: conditional requests, one byte range, then the body."""
-    loop = asyncio.get_running_loop()
-    opened = await loop.run_in_executor(None, _open_file, root, file.parts)
+    opened = await opener.open(file.parts)
     if opened is None:
         raise web.HTTPNotFound()
     try:
         status, start, count, headers = _plan(request, file, opened.stat)
         if opened.data is not None and status != 304 and request.method != "HEAD":
-            body = opened.data[start : start + count]
-            await ledger.pace(peer_of(request), len(body))
+            whole = start == 0 and count == len(opened.data)
+            body = opened.data if whole else opened.data[start : start + count]
+            if ledger.limits.max_upload_rate is None:
+                ledger.count_bytes(peer_of(request), len(body))  # no bucket to wait for
+            else:
+                await ledger.pace(peer_of(request), len(body))
             # Headers and body leave in one write.
             return web.Response(status=status, headers=headers, body=body)
         response = web.StreamResponse(status=status, headers=headers)

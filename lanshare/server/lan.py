@@ -19,6 +19,7 @@ from lanshare.server.archive import archive_file, send_file
 from lanshare.server.batch import read_batch_request, send_batch
 from lanshare.server.holdings import Holdings
 from lanshare.server.limits import LanLimits, PeerLedger, peer_of
+from lanshare.server.opener import FileOpener
 from lanshare.server.trees import send_trees
 
 REPO = web.AppKey("lan_repo", Repo)
@@ -27,6 +28,7 @@ NODE_ID = web.AppKey("lan_node_id", str)
 HOLDINGS = web.AppKey("lan_holdings", Holdings)
 LEDGER = web.AppKey("lan_ledger", PeerLedger)
 _ROOT = web.AppKey("lan_root", Path)
+_OPENER = web.AppKey("lan_opener", FileOpener)
 
 
 class _InFlight:
@@ -70,7 +72,7 @@ async def _archive(request: web.Request) -> web.StreamResponse:
     file = archive_file(path)
     if file is None:
         raise web.HTTPNotFound()
-    return await send_file(request, request.app[_ROOT], file, request.app[LEDGER])
+    return await send_file(request, request.app[_OPENER], file, request.app[LEDGER])
 
 
 async def _info(request: web.Request) -> web.StreamResponse:
@@ -83,7 +85,7 @@ async def _info(request: web.Request) -> web.StreamResponse:
 async def _objects(request: web.Request) -> web.StreamResponse:
     names = await read_batch_request(request, request.app[LIMITS])
     async with request.app[_BATCH_SLOTS]:
-        return await send_batch(request, request.app[_ROOT], names, request.app[LEDGER])
+        return await send_batch(request, request.app[_OPENER], names, request.app[LEDGER])
 
 
 async def _trees(request: web.Request) -> web.StreamResponse:
@@ -102,6 +104,7 @@ def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Applicati
     app[LEDGER] = PeerLedger(limits)
     # Resolved once: the repository may be reached through a symlink, nothing below it may.
     app[_ROOT] = Path(os.path.realpath(repo.path))
+    app[_OPENER] = FileOpener(app[_ROOT])
     app[_IN_FLIGHT] = _InFlight()
     app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
     app.router.add_get(f"{wire.API_PREFIX}/info", _info)

@@ -173,11 +173,18 @@ class PeerLedger:
 
     def count_request(self, peer: str) -> None:
         """Count one request from ``peer``."""
-        self.stats.setdefault(peer, PeerStats()).requests += 1
+        # get first: setdefault would build a PeerStats on every request (this runs on each one).
+        stats = self.stats.get(peer)
+        if stats is None:
+            stats = self.stats[peer] = PeerStats()
+        stats.requests += 1
 
     def count_bytes(self, peer: str, count: int) -> None:
         """Count body bytes sent to ``peer``."""
-        self.stats.setdefault(peer, PeerStats()).bytes_out += count
+        stats = self.stats.get(peer)
+        if stats is None:
+            stats = self.stats[peer] = PeerStats()
+        stats.bytes_out += count
 
     def snapshot(self) -> dict[str, PeerStats]:
         """A copy of the counters, per peer IP."""
