@@ -159,6 +159,7 @@ def run_fanout(
     rounds: int = 1,
     log: Callable[[str], None] = lambda _: None,
     store_workers: int | None = None,
+    keep: bool = False,
 ) -> FanoutResult:
     """Generate, commit and serve the tree under ``workdir``; measure N clients at once, each way."""
     tools = client_tools(store_workers)
@@ -220,7 +221,7 @@ def run_fanout(
                     pulled.append(repo.parent)
         result.load.append(os.getloadavg())
         # Only now (see bench_pull): deleting thousands of files slows the next run's creations.
-        for run_dir in pulled:
+        for run_dir in pulled if not keep else []:
             shutil.rmtree(run_dir)
         return result
     finally:
@@ -284,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="bytes of file data (os shape)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tree generator")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each way (median)")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="work in DIR and keep it, every pulled repository included"
+    )
     parser.add_argument("--shared-net", action="store_true", help="stay in this network namespace")
     add_store_workers_argument(parser)
     args = parser.parse_args(argv)
@@ -297,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def measure(workdir: Path) -> FanoutResult:
         return run_fanout(
             workdir, args.clients, args.shape, args.files, args.size, args.seed, args.rounds, print,
-            args.store_workers,
+            args.store_workers, bool(args.keep),
         )  # fmt: skip
 
     return run_and_report(args.keep, "bench-fanout-", measure, lambda r: format_report(r, args.rounds))

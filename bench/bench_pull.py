@@ -248,6 +248,8 @@ class BenchResult:
     private_net: bool
     peak_reset: bool
     load: list[tuple[float, float, float]] = field(default_factory=list)  # at start and end of runs
+    # Microseconds to create an empty file in a fresh directory, before and after the runs.
+    creation_us: list[float] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -303,6 +305,16 @@ class _Runner:
         if pulled != commit:
             return f"{way.label}: pulled {pulled}, served {commit}"
         return None
+
+
+def file_creation_us(directory: Path, count: int = 2000) -> float:
+    """Microseconds per empty file created in the new ``directory`` (kept: deleting is what slows
+    ext4's inode allocation, for minutes, so this bench deletes nothing until its runs are over)."""
+    directory.mkdir()
+    started = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(directory / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return (time.perf_counter() - started) / count * 1e6
 
 
 def _children_switches() -> int:
@@ -392,6 +404,7 @@ def run_bench(
             stats, shape, archive_bytes, objects, commit, ways, bool(os.environ.get(NETNS_ENV)), True
         )
         result.load.append(os.getloadavg())
+        result.creation_us.append(file_creation_us(workdir / "creation-before"))
         pulled: list[Path] = []
         for round_no in range(rounds):
             order = list(ways.values()) if round_no % 2 == 0 else list(ways.values())[::-1]
@@ -414,10 +427,11 @@ def run_bench(
                     result.checks.append(way.key)
                 pulled.append(repo.parent)
         result.load.append(os.getloadavg())
+        result.creation_us.append(file_creation_us(workdir / "creation-after"))
         # Removed only now: on ext4, creating files within a minute of deleting thousands makes
         # inode allocation skip the recently deleted ones, slowly (`perf`: find_inode_bit /
         # recently_deleted took ~60% of a core), which would be charged to whichever way ran next.
-        for run_dir in pulled if not keep else pulled[: -len(ways)]:
+        for run_dir in pulled if not keep else []:
             shutil.rmtree(run_dir)
         if strace:
             for key in ("lanshare", "ostree-nginx"):
@@ -452,6 +466,10 @@ def format_report(result: BenchResult, rounds: int) -> str:
         f"cache not dropped (warm); {os.cpu_count()} CPUs shared with other work, load average "
         + " -> ".join("/".join(f"{x:.1f}" for x in load) for load in result.load)
         + " (1/5/15 min, before -> after the runs)",
+        "creating an empty file: "
+        + " -> ".join(f"{us:.0f} us" for us in result.creation_us)
+        + " (before -> after the runs; tens of us on a quiet ext4, far more within minutes of"
+        " deleting many files, which slows every way)",
         "client: wall, CPU-s (wait4), peak RSS ("
         + ("GNU time" if GNU_TIME else "wait4, upper bound")
         + "); server: CPU-s (/proc/PID/stat), peak RSS (VmHWM"
