@@ -48,14 +48,8 @@ def test_a_stream_decodes_to_every_record_in_request_order(tmp_path: Path) -> No
         if i % 5:  # every fifth is missing
             (objects / name.checksum[:2]).mkdir(parents=True, exist_ok=True)
             (objects / name.checksum[:2] / f"{name.checksum[2:]}.filez").write_bytes(os.urandom(9000))
-    encoder = BatchEncoder(tmp_path / "repo", names)
-    decoder = wire.BatchDecoder(names)
-    records = []
-    while (group := encoder.next_group()) is not None:
-        records += decoder.feed(group)
-    decoder.finish()
-    assert [r[0] for r in records] == names
-    for i, (name, data, status) in enumerate(records):
+    records = _decode(BatchEncoder(tmp_path / "repo", names), names)
+    for i, (name, (data, status)) in enumerate(zip(names, records, strict=True)):
         path = objects / name.checksum[:2] / f"{name.checksum[2:]}.filez"
         assert (status, data) == ((wire.ABSENT, None) if i % 5 == 0 else (wire.PRESENT, path.read_bytes()))
 
