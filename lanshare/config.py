@@ -26,30 +26,59 @@ a file key could only disagree with the unit.  To put the data elsewhere set ``r
 
 Every problem raises :class:`ConfigError`: one line naming the file (or environment variable), the
 key as ``section.key``, what is expected and what was found.  The CLI turns it into exit status 2.
+How each kind of value is read and checked is :mod:`lanshare.config_values`; this module holds the
+sections, their keys and defaults, and the merging of files and environment.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import fnmatch
-import ipaddress
 import json
 import os
-import re
-import shlex
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date, time, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Any
 
-from lanshare.deploy.reboot import NEVER, WINDOW_EXPECTED, RebootPolicy, parse_reboot
+from lanshare.config_values import (
+    ED25519_KEYS,
+    INTERFACES,
+    ORIGIN_URL,
+    PEERS,
+    REFS,
+    Invalid,
+    ListenAddress,
+    PullSource,
+    absolute_path,
+    boolean,
+    collection_id,
+    command,
+    commit,
+    database_url,
+    deployer,
+    describe,
+    duration,
+    env_bool,
+    env_command,
+    env_int,
+    env_list,
+    integer,
+    listen,
+    optional,
+    osname,
+    pull_order,
+    rate,
+    reboot,
+    ref_glob,
+    size,
+    spec,
+    string,
+)
+from lanshare.deploy.reboot import NEVER, RebootPolicy
 from lanshare.errors import UsageError
-from lanshare.units import parse_duration, parse_size
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -80,8 +109,6 @@ DEFAULT_SHARING_PORT = 8089
 DEFAULT_STATUS_PORT = 8090
 ENV_PREFIX = "LANSHARE_"
 
-PullSource = Literal["lan", "origin"]
-
 
 class ConfigError(UsageError):
     """A configuration problem, described in one line: source, key, what is expected and what was found."""
@@ -94,548 +121,50 @@ class ConfigError(UsageError):
         super().__init__(_one_line(text))
 
 
-class _Invalid(Exception):
-    """Raised by a value parser; the loader adds the source and the key."""
-
-    def __init__(self, expected: str, got: str | None = None) -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.got = got
-
-    def describe(self, value: object) -> str:
-        """Say what was expected and what was found instead."""
-        return f"expected {self.expected}, got {self.got if self.got is not None else _describe(value)}"
-
-
-# Value parsers: each takes the TOML value (or what an environment parser made of the string),
-# returns the typed value, and raises _Invalid saying what it expected.
-
-Parser = Callable[[Any], Any]
-
-
-def _text(value: object, expected: str) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(expected)
-    return value
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid("true or false")
-    return value
-
-
-def _integer(low: int, high: int | None = None) -> Parser:
-    expected = f"an integer from {low} to {high}" if high is not None else f"an integer of at least {low}"
-
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(expected)
-        if value < low or (high is not None and value > high):
-            raise _Invalid(expected)
-        return value
-
-    return parse
-
-
-def _size(*, positive: bool) -> Parser:
-    expected = 'a size like "20GiB", "500MB" or a number of bytes'
-    if positive:
-        expected = 'a size greater than zero like "20GiB", "500MB" or a number of bytes'
-
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise _Invalid(expected)
-        try:
-            size = parse_size(value)
-        except ValueError:
-            raise _Invalid(expected) from None
-        if positive and size == 0:
-            raise _Invalid(expected)
-        return size
-
-    return parse
-
-
-def _rate(value: object) -> int | None:
-    expected = 'a rate in bytes per second like "10MiB" (0 for unlimited)'
-    if isinstance(value, str):
-        # "10MiB/s" is how people say it; the unit is per second either way.
-        value = value.strip().removesuffix("/s")
-    try:
-        rate: int = _size(positive=False)(value)
-    except _Invalid:
-        raise _Invalid(expected) from None
-    return rate or None
-
-
-def _duration(*, positive: bool) -> Parser:
-    expected = 'a duration like "30d", "12h" or "1h30m"'
-    if positive:
-        expected = 'a duration of at least 1s like "1h" or "15m"'
-
-    def parse(value: object) -> timedelta:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise _Invalid(expected)
-        try:
-            duration = parse_duration(value)
-        except ValueError:
-            raise _Invalid(expected) from None
-        if positive and duration < timedelta(seconds=1):
-            raise _Invalid(expected)
-        return duration
-
-    return parse
-
-
-def _absolute_path(value: object) -> Path:
-    expected = "an absolute path"
-    text = _text(value, expected)
-    # The daemon runs with / as its working directory, so a relative path would not mean what
-    # the admin who wrote it in /etc meant.
-    if not text.startswith("/") or "\0" in text:
-        raise _Invalid(expected)
-    return Path(text)
-
-
-def _optional(parse: Parser) -> Parser:
-    def parse_optional(value: object) -> Any:
-        if value is None or value == "":
-            return None
-        return parse(value)
-
-    return parse_optional
-
-
-def _array(parse_item: Parser, expected: str) -> Parser:
-    def parse(value: object) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(expected)
-        items = []
-        for item in value:
-            try:
-                items.append(parse_item(item))
-            except _Invalid:
-                raise _Invalid(expected, _describe(item)) from None
-        return tuple(items)
-
-    return parse
-
-
-# As GLib's g_dbus_is_interface_name, which ostree_validate_collection_id uses: no hyphens.
-_COLLECTION_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
-
-
-def _collection_id(value: object) -> str:
-    expected = (
-        'a collection ID like "com.example.Os" (two or more dot-separated elements of '
-        "A-Z a-z 0-9 _, none starting with a digit)"
-    )
-    text = _text(value, expected)
-    if len(text) > 255 or not _COLLECTION_ID_RE.fullmatch(text):
-        raise _Invalid(expected)
-    return text
-
-
-# libostree's OSTREE_REF_REGEXP; GLib's regexes are Unicode-aware, as Python's \w is.
-_REF_COMPONENT = r"[\w\d][-._\w\d]*"
-_REF_RE = re.compile(rf"(?:{_REF_COMPONENT}/)*{_REF_COMPONENT}")
-_REF_EXPECTED = 'an OSTree ref name like "os/stable"'
-
-
-def _ref(value: object) -> str:
-    text = _text(value, _REF_EXPECTED)
-    if not _REF_RE.fullmatch(text):
-        raise _Invalid(_REF_EXPECTED)
-    return text
-
-
-def _ref_glob(value: object) -> str:
-    text = _text(value, 'a ref glob like "os/*"')
-    problem = _glob_problem(text)
-    if problem is not None:
-        raise _Invalid(f'a ref glob like "os/*" ({problem})')
-    return text
-
-
-def _is_ref_char(char: str) -> bool:
-    return char.isalnum() or char in "_-."
-
-
-def _glob_problem(pattern: str) -> str | None:
-    """Say why ``pattern`` is not a glob (fnmatch syntax) that can match OSTree ref names, or None."""
-    if not pattern:
-        return "it is empty"
-    if pattern.startswith("/") or pattern.endswith("/") or "//" in pattern:
-        return 'a ref cannot start or end with "/" or contain "//"'
-    # Python's fnmatch quietly takes an unmatched "[" as a literal, which can never match a ref:
-    # the admin meant something else, so say so instead of keeping a pin that pins nothing.
-    index, component_start = 0, True
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "[":
-            start = index + 1
-            if pattern[start : start + 1] == "!":
-                start += 1
-            close = pattern.find("]", start + 1 if pattern[start : start + 1] == "]" else start)
-            if close == -1:
-                return 'unmatched "["'
-            problem = _class_problem(pattern[start:close])
-            if problem is not None:
-                return problem
-            index = close + 1
-        elif char in "*?":
-            index += 1
-        elif char == "/":
-            index += 1
-            component_start = True
-            continue
-        elif char == "]":
-            return 'unmatched "]"'
-        elif not _is_ref_char(char):
-            return f"{json.dumps(char, ensure_ascii=False)} cannot appear in a ref"
-        elif component_start and char in "-.":
-            return 'a ref component cannot start with "-" or "."'
-        else:
-            index += 1
-        component_start = False
-    return None
-
-
-def _class_problem(body: str) -> str | None:
-    """Say what is wrong with the inside of a ``[...]`` character class, or None."""
-    if body.startswith("^"):
-        return 'use "[!...]" to negate a character class'
-    index = 0
-    while index < len(body):
-        char = body[index]
-        if char == "/":
-            return '"/" cannot appear inside "[...]"'
-        if not _is_ref_char(char):
-            return f"{json.dumps(char, ensure_ascii=False)} cannot appear in a ref"
-        if index + 2 < len(body) and body[index + 1] == "-":
-            if body[index + 2] < char:
-                return f'empty range "{char}-{body[index + 2]}"'
-            index += 3
-        else:
-            index += 1
-    return None
-
-
-def _commit(value: object) -> str:
-    expected = "a commit checksum of 64 hex digits"
-    text = _text(value, expected)
-    # Full checksums only: a prefix could become ambiguous as the repo grows, and a pin that
-    # silently stops matching would let prune delete a checkpoint.
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        raise _Invalid(expected)
-    return text.lower()
-
-
-_SQLALCHEMY_EXPECTED = (
-    'an SQLAlchemy URL like "sqlite:////var/lib/lanshare/index.sqlite" or "postgresql+psycopg://host/db"'
-)
-
-
-def _hide_password(url: str) -> str:
-    return json.dumps(re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url), ensure_ascii=False)
-
-
-_PLAIN_SQLITE = re.compile(r"sqlite(\+pysqlite)?:////[^?]*")
-
-
-def _database_url(value: object) -> str:
-    text = _text(value, _SQLALCHEMY_EXPECTED)
-    if _PLAIN_SQLITE.fullmatch(text):  # the usual URL, valid without importing SQLAlchemy (~0.15 s)
-        return text
-    # Imported here so that commands which never open the database do not pay for SQLAlchemy.
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        url = make_url(text)
-        url.get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError):
-        raise _Invalid(_SQLALCHEMY_EXPECTED, _hide_password(text)) from None
-    try:  # the driver is checked now, so a missing one stops a command before it creates anything
-        url.get_dialect().import_dbapi()
-    except ImportError as e:
-        hint = "pip install 'lanshare[postgresql]' and use postgresql+psycopg://"
-        expected = "a database URL whose driver is installed" + (
-            f" (for PostgreSQL: {hint})" if url.get_backend_name() == "postgresql" else ""
-        )
-        raise _Invalid(expected, f"{_hide_password(text)}, whose driver is missing ({e})") from None
-    database = url.database or ""
-    if (
-        url.get_backend_name() == "sqlite"
-        and database not in ("", ":memory:")
-        and not database.startswith("/")
-    ):
-        raise _Invalid(
-            'an absolute SQLite path like "sqlite:////var/lib/lanshare/index.sqlite"', _hide_password(text)
-        )
-    return text
-
-
-def _url(schemes: tuple[str, ...], expected: str) -> Parser:
-    def parse(value: object) -> str:
-        text = _text(value, expected)
-        if any(not char.isprintable() or char.isspace() for char in text):
-            raise _Invalid(expected)
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018 -- raises ValueError for a port out of range
-        except ValueError:
-            raise _Invalid(expected) from None
-        if parts.scheme not in schemes or parts.fragment:
-            raise _Invalid(expected)
-        if parts.scheme == "file":
-            if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
-                raise _Invalid(expected)
-        elif not parts.hostname:
-            raise _Invalid(expected)
-        return text
-
-    return parse
-
-
-_HOSTNAME_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """A TCP address to listen on; ``host`` is an IP address or a host name, without brackets."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def _listen(value: object) -> ListenAddress:
-    expected = 'a "host:port" address like "0.0.0.0:8089" or "[::]:8089"'
-    text = _text(value, expected)
-    host, colon, port_text = text.rpartition(":")
-    # Port 0 asks the kernel for a free port; the daemon writes the one it got to
-    # <state>/lan-address (tests and ad-hoc daemons use it).
-    if not colon or not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 <= int(port_text) <= 65535:
-        raise _Invalid(expected)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _Invalid(expected) from None
-    elif not _is_host(host):
-        raise _Invalid(expected)
-    return ListenAddress(host, int(port_text))
-
-
-def _is_host(host: str) -> bool:
-    """Whether ``host`` is an IPv4 address or a DNS host name (IPv6 must come in brackets)."""
-    try:
-        ipaddress.IPv4Address(host)
-        return True
-    except ValueError:
-        pass
-    labels = host.split(".")
-    if len(host) > 253 or not all(_HOSTNAME_LABEL_RE.fullmatch(label) for label in labels):
-        return False
-    # An all-numeric name such as "256.1.1.1" is a mistyped address, not a host name.
-    return not labels[-1].isdigit()
-
-
-def _interface(value: object) -> str:
-    expected = 'an array of network interface names like "eth0"'
-    text = _text(value, expected)
-    # The kernel's own rule (dev_valid_name): at most 15 bytes, no "/", ":" or white space.
-    if (
-        not text
-        or len(text.encode()) > 15
-        or text in (".", "..")
-        or any(char in "/:" or char.isspace() or not char.isprintable() for char in text)
-    ):
-        raise _Invalid(expected)
-    return text
-
-
-def _pull_order(value: object) -> tuple[PullSource, ...]:
-    expected = 'an array of "lan" and "origin", each at most once, like ["lan", "origin"]'
-    if not isinstance(value, list) or not value:
-        raise _Invalid(expected)
-    for item in value:
-        if item not in ("lan", "origin"):
-            raise _Invalid(expected, _describe(item))
-    if len(set(value)) != len(value):
-        raise _Invalid(expected)
-    return cast("tuple[PullSource, ...]", tuple(value))
-
-
-def _ed25519_key(value: object) -> bytes:
-    expected = "an array of base64 ed25519 public keys (32 bytes each)"
-    text = _text(value, expected)
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise _Invalid(expected) from None
-    if len(key) != 32:
-        raise _Invalid(expected)
-    return key
-
-
-def _command(value: object) -> tuple[str, ...]:
-    expected = 'a command line like "/usr/bin/deploy --now" or an array like ["/usr/bin/deploy", "--now"]'
-    # A string is split like a shell would split it, but never run by a shell: write
-    # ["/bin/sh", "-c", "..."] to get one.  Splitting here turns a quoting mistake into an error now
-    # rather than a failed upgrade later.
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError:
-            raise _Invalid(expected) from None
-    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        argv = value
-    else:
-        raise _Invalid(expected)
-    if not argv or not argv[0]:
-        raise _Invalid(expected)
-    return tuple(argv)
-
-
-# Environment parsers turn the variable's text into what the TOML parser would have produced;
-# text they cannot read is passed through unchanged so the value parser reports it.
-
-EnvParser = Callable[[str], object]
-
-
-def _env_text(text: str) -> object:
-    return text
-
-
-def _env_int(text: str) -> object:
-    return int(text) if re.fullmatch(r"\s*[-+]?[0-9]+\s*", text) else text
-
-
-_ENV_BOOLEANS = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "1": True,
-    "false": False,
-    "no": False,
-    "off": False,
-    "0": False,
-}
-
-
-def _env_bool(text: str) -> object:
-    return _ENV_BOOLEANS.get(text.strip().lower(), text)
-
-
-def _env_toml_array(text: str) -> object:
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _env_list(text: str) -> object:
-    if text.lstrip().startswith("["):
-        return _env_toml_array(text)
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _env_command(text: str) -> object:
-    return _env_toml_array(text) if text.lstrip().startswith("[") else text
-
-
-def _deployer(value: object) -> str:
-    if value != "ostree-admin":
-        raise _Invalid('"ostree-admin" (or deploy_command for any other tool)')
-    return value
-
-
-def _osname(value: object) -> str:
-    expected = 'an OSTree stateroot name like "fedora-iot", as in `ostree admin os-init`'
-    text = _text(value, expected)
-    if not text or text in (".", "..") or any(c == "/" or c.isspace() or not c.isprintable() for c in text):
-        raise _Invalid(expected)
-    return text
-
-
-def _reboot(value: object) -> RebootPolicy:
-    try:
-        return parse_reboot(_text(value, WINDOW_EXPECTED))
-    except ValueError:
-        raise _Invalid(WINDOW_EXPECTED) from None
-
-
-def _spec(parse: Parser, env: EnvParser = _env_text) -> dict[str, Any]:
-    """The dataclass field metadata of a config key: its value parser and its environment parser."""
-    return {"parse": parse, "env": env}
-
-
-def _string(value: object) -> str:
-    return _text(value, "a string")
-
-
-_ORIGIN_URL = _url(
-    ("http", "https", "file"), 'an http, https or file URL like "https://ostree.example.com/repo"'
-)
-_REFS = _array(_ref, 'an array of OSTree ref names like ["os/stable"]')
-_ED25519_KEYS = _array(_ed25519_key, "an array of base64 ed25519 public keys (32 bytes each)")
-_INTERFACES = _array(_interface, 'an array of network interface names like ["eth0"]')
-_PEERS = _array(
-    _url(("http", "https"), "an http(s) URL"), 'an array of http(s) URLs like ["http://192.168.1.20:8089"]'
-)
-
-
 @dataclass(frozen=True)
 class RepoConfig:
     """``[repo]``: the local OSTree archive repository."""
 
-    path: Path = field(metadata=_spec(_absolute_path))  # default: <state_dir>/repo
-    collection_id: str | None = field(default=None, metadata=_spec(_optional(_collection_id)))
+    path: Path = field(metadata=spec(absolute_path))  # default: <state_dir>/repo
+    collection_id: str | None = field(default=None, metadata=spec(optional(collection_id)))
     # Rewrite a publisher's signed or indexed summary when it is out of date (it loses the signature).
-    regenerate_summary: bool = field(default=False, metadata=_spec(_boolean, _env_bool))
+    regenerate_summary: bool = field(default=False, metadata=spec(boolean, env_bool))
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     """``[database]``: the SQLAlchemy URL of the index (derived data, rebuilt by ``lanshare reindex``)."""
 
-    url: str = field(metadata=_spec(_database_url))  # default: sqlite:///<state_dir>/index.sqlite
+    url: str = field(metadata=spec(database_url))  # default: sqlite:///<state_dir>/index.sqlite
 
 
 @dataclass(frozen=True)
 class OriginConfig:
     """``[origin]``: where updates come from when online; ``url`` is None on an offline machine."""
 
-    url: str | None = field(default=None, metadata=_spec(_optional(_ORIGIN_URL)))
-    refs: tuple[str, ...] = field(default=(), metadata=_spec(_REFS, _env_list))
-    poll_interval: timedelta = field(default=timedelta(hours=1), metadata=_spec(_duration(positive=True)))
+    url: str | None = field(default=None, metadata=spec(optional(ORIGIN_URL)))
+    refs: tuple[str, ...] = field(default=(), metadata=spec(REFS, env_list))
+    poll_interval: timedelta = field(default=timedelta(hours=1), metadata=spec(duration(positive=True)))
 
 
 @dataclass(frozen=True)
 class PullConfig:
     """``[pull]``: where to fetch from, in order of preference, and how many fetches run at once."""
 
-    order: tuple[PullSource, ...] = field(default=("lan", "origin"), metadata=_spec(_pull_order, _env_list))
-    parallel: int = field(default=8, metadata=_spec(_integer(1, 64), _env_int))
+    order: tuple[PullSource, ...] = field(default=("lan", "origin"), metadata=spec(pull_order, env_list))
+    parallel: int = field(default=8, metadata=spec(integer(1, 64), env_int))
     # Split a commit's objects with the LAN machines pulling it too (lanshare.pull.fleet);
     # false: each machine fetches everything it cannot get from a peer holding it (the old way).
-    coordinate: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
+    coordinate: bool = field(default=True, metadata=spec(boolean, env_bool))
 
 
 @dataclass(frozen=True)
 class TrustConfig:
     """``[trust]``: the keys a commit must be signed with before it enters the cache."""
 
-    gpg_keyring: Path | None = field(default=None, metadata=_spec(_optional(_absolute_path)))
-    ed25519_keys: tuple[bytes, ...] = field(default=(), metadata=_spec(_ED25519_KEYS, _env_list))
-    require_signatures: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
+    gpg_keyring: Path | None = field(default=None, metadata=spec(optional(absolute_path)))
+    ed25519_keys: tuple[bytes, ...] = field(default=(), metadata=spec(ED25519_KEYS, env_list))
+    require_signatures: bool = field(default=True, metadata=spec(boolean, env_bool))
 
 
 @dataclass(frozen=True)
@@ -643,18 +172,18 @@ class SharingConfig:
     """``[sharing]``: the LAN listener, mDNS, static peers and the limits on serving them."""
 
     listen: ListenAddress = field(
-        default=ListenAddress("0.0.0.0", DEFAULT_SHARING_PORT), metadata=_spec(_listen)
+        default=ListenAddress("0.0.0.0", DEFAULT_SHARING_PORT), metadata=spec(listen)
     )
-    advertise: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
-    discovery: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
+    advertise: bool = field(default=True, metadata=spec(boolean, env_bool))
+    discovery: bool = field(default=True, metadata=spec(boolean, env_bool))
     # Empty: every interface.
-    interfaces: tuple[str, ...] = field(default=(), metadata=_spec(_INTERFACES, _env_list))
-    peers: tuple[str, ...] = field(default=(), metadata=_spec(_PEERS, _env_list))
-    max_connections: int = field(default=64, metadata=_spec(_integer(1), _env_int))
+    interfaces: tuple[str, ...] = field(default=(), metadata=spec(INTERFACES, env_list))
+    peers: tuple[str, ...] = field(default=(), metadata=spec(PEERS, env_list))
+    max_connections: int = field(default=64, metadata=spec(integer(1), env_int))
     # Bytes per second; None: unlimited (written as 0).
-    max_upload_rate: int | None = field(default=None, metadata=_spec(_rate))
-    share_on_battery: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
-    share_on_metered: bool = field(default=True, metadata=_spec(_boolean, _env_bool))
+    max_upload_rate: int | None = field(default=None, metadata=spec(rate))
+    share_on_battery: bool = field(default=True, metadata=spec(boolean, env_bool))
+    share_on_metered: bool = field(default=True, metadata=spec(boolean, env_bool))
 
 
 @dataclass(frozen=True)
@@ -662,7 +191,7 @@ class StatusConfig:
     """``[status]``: the local status page, JSON API and metrics."""
 
     listen: ListenAddress = field(
-        default=ListenAddress("127.0.0.1", DEFAULT_STATUS_PORT), metadata=_spec(_listen)
+        default=ListenAddress("127.0.0.1", DEFAULT_STATUS_PORT), metadata=spec(listen)
     )
 
 
@@ -670,20 +199,18 @@ class StatusConfig:
 class RetentionConfig:
     """``[retention]``: what prune keeps besides checkpoints and pins, and the repo's size budget."""
 
-    keep_latest: int = field(default=3, metadata=_spec(_integer(0), _env_int))
-    keep_younger_than: timedelta = field(
-        default=timedelta(days=30), metadata=_spec(_duration(positive=False))
-    )
-    max_size: int = field(default=20 * 1024**3, metadata=_spec(_size(positive=True)))
+    keep_latest: int = field(default=3, metadata=spec(integer(0), env_int))
+    keep_younger_than: timedelta = field(default=timedelta(days=30), metadata=spec(duration(positive=False)))
+    max_size: int = field(default=20 * 1024**3, metadata=spec(size(positive=True)))
 
 
 @dataclass(frozen=True)
 class Pin:
     """A ``[[pin]]`` table: keep commits on refs matching ``ref`` (an fnmatch glob) or one ``commit``."""
 
-    ref: str | None = field(default=None, metadata=_spec(_ref_glob))
-    commit: str | None = field(default=None, metadata=_spec(_commit))
-    reason: str = field(default="", metadata=_spec(_string))
+    ref: str | None = field(default=None, metadata=spec(ref_glob))
+    commit: str | None = field(default=None, metadata=spec(commit))
+    reason: str = field(default="", metadata=spec(string))
 
     def matches(self, ref: str) -> bool:
         """Whether this pin's glob matches ``ref``; ``*`` also matches across "/"."""
@@ -695,19 +222,19 @@ class UpgradeConfig:
     """``[upgrade]``: how to deploy a step of the update path and how to learn what is deployed."""
 
     deploy_command: tuple[str, ...] | None = field(
-        default=None, metadata=_spec(_optional(_command), _env_command)
+        default=None, metadata=spec(optional(command), env_command)
     )
-    deployed_commit_file: Path | None = field(default=None, metadata=_spec(_optional(_absolute_path)))
+    deployed_commit_file: Path | None = field(default=None, metadata=spec(optional(absolute_path)))
     deployed_commit_command: tuple[str, ...] | None = field(
-        default=None, metadata=_spec(_optional(_command), _env_command)
+        default=None, metadata=spec(optional(command), env_command)
     )
     # The built-in deployer (lanshare/deploy/ostree_admin.py) and the reboot policy (deploy/reboot.py).
-    deploy: str | None = field(default=None, metadata=_spec(_optional(_deployer)))
-    sysroot: Path = field(default=Path("/"), metadata=_spec(_absolute_path))
-    os: str | None = field(default=None, metadata=_spec(_optional(_osname)))
-    reboot: RebootPolicy = field(default=NEVER, metadata=_spec(_reboot))
+    deploy: str | None = field(default=None, metadata=spec(optional(deployer)))
+    sysroot: Path = field(default=Path("/"), metadata=spec(absolute_path))
+    os: str | None = field(default=None, metadata=spec(optional(osname)))
+    reboot: RebootPolicy = field(default=NEVER, metadata=spec(reboot))
     reboot_command: tuple[str, ...] = field(
-        default=("systemctl", "reboot"), metadata=_spec(_command, _env_command)
+        default=("systemctl", "reboot"), metadata=spec(command, env_command)
     )
 
 
@@ -747,27 +274,6 @@ def _keys(cls: type[Any]) -> dict[str, Mapping[str, Any]]:
     return {spec.name: spec.metadata for spec in fields(cls)}
 
 
-def _describe(value: object) -> str:
-    """Render a TOML value the way it would be written, shortened to fit in an error line."""
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
-    elif isinstance(value, int | float):
-        text = repr(value)
-    elif isinstance(value, dict):
-        return "a table"
-    elif isinstance(value, list):
-        if any(isinstance(item, dict) for item in value):
-            return "an array of tables"
-        text = "[" + ", ".join(_describe(item) for item in value) + "]"
-    elif isinstance(value, date | time):
-        text = value.isoformat()
-    else:
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _one_line(text: str) -> str:
     """Escape anything that could break the message over lines or hide in a terminal."""
     return "".join(char if char.isprintable() else json.dumps(char)[1:-1] for char in text)
@@ -786,7 +292,7 @@ class _Values:
         spec = _keys(_SECTIONS[section])[key]
         try:
             value = spec["parse"](raw)
-        except _Invalid as error:
+        except Invalid as error:
             raise ConfigError(source, f"{section}.{key}", error.describe(raw)) from None
         self.values[section][key] = value
         self.origins[section, key] = (len(self.origins), source)
@@ -841,12 +347,12 @@ def _apply_file(source: str, document: dict[str, Any], values: _Values) -> None:
     for name, content in document.items():
         if name == "pin":
             if not isinstance(content, list) or not all(isinstance(item, dict) for item in content):
-                raise ConfigError(source, "pin", f"expected [[pin]] tables, got {_describe(content)}")
+                raise ConfigError(source, "pin", f"expected [[pin]] tables, got {describe(content)}")
             for number, table in enumerate(content, start=1):
                 values.pins.append(_pin(source, f"pin[{number}]", table))
         elif name in _SECTIONS:
             if not isinstance(content, dict):
-                raise ConfigError(source, name, f"expected a table [{name}], got {_describe(content)}")
+                raise ConfigError(source, name, f"expected a table [{name}], got {describe(content)}")
             known = _keys(_SECTIONS[name])
             for key, raw in content.items():
                 if key not in known:
@@ -872,7 +378,7 @@ def _pin(source: str, label: str, table: dict[str, Any]) -> Pin:
             )
         try:
             parsed[key] = known[key]["parse"](raw)
-        except _Invalid as error:
+        except Invalid as error:
             raise ConfigError(source, f"{label}.{key}", error.describe(raw)) from None
     if ("ref" in parsed) == ("commit" in parsed):
         found = "both" if "ref" in parsed else "neither"
@@ -918,8 +424,8 @@ def _state_dir(environ: Mapping[str, str]) -> Path:
         # systemd joins several StateDirectory= entries with ":"; ours is the first.
         first = text.split(":")[0] if name == "STATE_DIRECTORY" else text
         try:
-            return _absolute_path(first)
-        except _Invalid as error:
+            return absolute_path(first)
+        except Invalid as error:
             raise ConfigError(name, "state_dir", error.describe(first)) from None
     return DEFAULT_STATE_DIR
 
