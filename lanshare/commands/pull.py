@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from lanshare import event_loop
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.context import Context
 from lanshare.ostree.repo_summary import refresh_summary
@@ -76,7 +76,7 @@ def run_pull(args: argparse.Namespace) -> int:
     )
     try:
         with _progress(not args.json) as progress:
-            result = event_loop.run(
+            result = asyncio.run(
                 pull(repo, args.target, plan, ref=args.ref, options=options, index=index, progress=progress)
             )
     except PullError as e:

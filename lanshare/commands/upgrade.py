@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import subprocess
 import sys
 from functools import partial
 
-from lanshare import event_loop
 from lanshare.cli import print_json
 from lanshare.commands.pull import _progress
 from lanshare.context import Context
@@ -107,7 +107,7 @@ def run_upgrade(args: argparse.Namespace) -> int:
         if deployed.note is not None and not args.json:
             print(f"deployed: {deployed.commit} ({deployed.note}; {deployed.source})")
         upgrade = _upgrade(ctx, args, identity)
-        event_loop.run(upgrade.run(deployed, args.ref, report, walk_all=args.all))
+        asyncio.run(upgrade.run(deployed, args.ref, report, walk_all=args.all))
         _reboot(ctx, identity, report)
     except Error as e:
         if not args.json:
