@@ -87,7 +87,8 @@ def test_without_the_capability_the_proc_link_is_used(
     writer = unnamed.UnnamedWriter(str(tmp_path / "tmp"))
     assert writer.write(str(tmp_path / "objects" / "a"), b"one")
     assert writer.write(str(tmp_path / "objects" / "b"), b"two")
-    assert used == ["empty-path", "proc", "proc"]  # the refused way is not tried again
+    # ENOENT is retried once (the directory might have been in the making), then never tried again.
+    assert used == ["empty-path", "empty-path", "proc", "proc"]
     assert (tmp_path / "objects" / "b").read_bytes() == b"two"
 
 
@@ -137,3 +138,27 @@ def test_a_corrupt_big_download_is_refused_and_leaves_nothing(tmp_path: Path) ->
     buffer.close()
     assert not repo.has_object(checksum, ObjectType.FILE)
     assert os.listdir(repo.tmp_dir) == []
+
+
+def test_a_directory_made_by_another_writer_meanwhile_is_not_taken_for_a_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOENT because objects/XX did not exist yet, though it does by the time we look: retried,
+    and the way stays in use (several workers create the same directories at once)."""
+    real = unnamed._link_empty_path
+    calls: list[int] = []
+
+    def first_call_races(fd: int, target: bytes) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            os.makedirs(os.path.dirname(target), exist_ok=True)  # the other writer, just now
+            return errno.ENOENT
+        return real(fd, target)
+
+    monkeypatch.setattr(unnamed, "_link_empty_path", first_call_races)
+    (tmp_path / "tmp").mkdir()
+    writer = unnamed.UnnamedWriter(str(tmp_path / "tmp"))
+    assert writer.write(str(tmp_path / "objects" / "ab" / "c.filez"), b"one")
+    assert writer.write(str(tmp_path / "objects" / "ab" / "d.filez"), b"two")
+    assert len(calls) == 3 and writer.available
+    assert (tmp_path / "objects" / "ab" / "d.filez").read_bytes() == b"two"

@@ -84,8 +84,9 @@ class UnnamedWriter:
         target = os.fsencode(path)
         for link in list(self._ways):
             err = link(fd, target)
-            if err == errno.ENOENT and not os.path.isdir(os.path.dirname(path)):
-                # Only the first object of each objects/XX directory pays for the mkdir.
+            if err == errno.ENOENT:
+                # The objects/XX directory may not exist yet (only the first object of each pays
+                # for the mkdir), or another writer may be making it right now: make sure, retry.
                 with suppress(FileExistsError):
                     os.mkdir(os.path.dirname(path))
                 err = link(fd, target)
@@ -94,7 +95,8 @@ class UnnamedWriter:
             if err not in _UNAVAILABLE:
                 raise OSError(err, os.strerror(err), path)
             if own_file:
-                self._ways.remove(link)
+                with suppress(ValueError):  # another thread learnt the same just now
+                    self._ways.remove(link)
         return False
 
 
