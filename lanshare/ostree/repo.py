@@ -44,7 +44,7 @@ from lanshare.ostree.objects import (
     sha256_hex,
     validate_metadata_object,
 )
-from lanshare.ostree.unnamed import UnnamedWriter
+from lanshare.ostree.unnamed import UnnamedWriter, write_all
 
 ARCHIVE_MODES = ("archive-z2", "archive")
 # libostree's OSTREE_REF_FRAGMENT_REGEXP, joined by slashes.
@@ -86,12 +86,6 @@ def _syncfs(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -207,7 +201,7 @@ class Repo:
         fd, tmp_name = self._create_tmp()
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 os.fchmod(fd, 0o644)
             finally:
                 os.close(fd)

@@ -60,17 +60,12 @@ class UnnamedWriter:
         ``path`` is left as it is.  False when unnamed files cannot be used here: nothing written."""
         if not self._ways:
             return False
-        try:
-            fd = os.open(self.directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                raise
+        fd = open_unnamed(self.directory)
+        if fd is None:
             self._ways = []
             return False
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fchmod(fd, mode)  # whatever the umask
             return self.link(fd, path)
         finally:
@@ -98,6 +93,13 @@ class UnnamedWriter:
                 with suppress(ValueError):  # another thread learnt the same just now
                     self._ways.remove(link)
         return False
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def open_unnamed(directory: str) -> int | None:

@@ -378,19 +378,18 @@ class PeerSource(Source):
 
     async def fetch_trees(
         self, commit: str, root_tree: str, root_meta: str, base: str | None, sink: Sink
-    ) -> int:
+    ) -> None:
         """Store ``commit``'s directory metadata from one trees response (:data:`wire.TREES_PATH`),
-        each record checked to belong to the tree and verified by the sink: how many objects were
-        stored.  What the peer leaves out is the caller's to fetch; a peer that lies is abandoned."""
+        each record checked to belong to the tree and verified by the sink.  What the peer leaves
+        out is the caller's to fetch; a peer that lies is abandoned."""
         if self.failure is not None or wire.TREES_FEATURE not in self.features:
-            return 0
+            return
         roots = [ObjectName(root_tree, ObjectType.DIR_TREE), ObjectName(root_meta, ObjectType.DIR_META)]
         decoder = wire.TreeDecoder(roots, _tree_children)
         groups = _Groups(self, sink, in_flight=_TREE_GROUPS_IN_FLIGHT)
         url = urljoin(self.url, wire.TREES_PATH.lstrip("/"))
         # 404: it does not hold that commit after all; nothing is lost, the levels walk fetches it.
         await self._stream(url, {"commit": commit, "base": base}, decoder, groups, None, not_found_ok=True)
-        return len(groups.stored)
 
     async def _stream(
         self,

@@ -77,8 +77,8 @@ class TreeEncoder:
     def _walk(self) -> Iterator[bytes]:
         """Records of the commit's tree, breadth first, skipping what the base's tree holds
         (read through the objects directory :meth:`next_group` opened for the current group)."""
-        base_trees, base_metas = self._tree_of(self._base) if self._base is not None else (set(), set())
-        seen_trees, seen_metas = set(base_trees), set(base_metas)
+        # What the base's tree holds counts as sent already.
+        seen_trees, seen_metas = self._tree_of(self._base) if self._base is not None else (set(), set())
         pending = deque([(self._commit.root_tree, self._commit.root_meta)])
         while pending:
             tree, meta = pending.popleft()
