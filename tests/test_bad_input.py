@@ -13,6 +13,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -424,6 +425,32 @@ FILEZ_CASES = {
 def test_write_filez_refuses(empty_repo: Repo, case: str) -> None:
     data, match = FILEZ_CASES[case]
     assert_filez_refused(empty_repo, SOME_CHECKSUM, io.BytesIO(data), match)
+
+
+@pytest.mark.parametrize("case", sorted(FILEZ_CASES))
+def test_write_filez_bytes_refuses(empty_repo: Repo, case: str) -> None:
+    """Objects a pull holds in memory take a one-call way (checksum_filez_bytes): it must refuse
+    every lie the streaming way refuses, with the same reason, and write nothing."""
+    data, match = FILEZ_CASES[case]
+    before = files_under(empty_repo.path)
+    with pytest.raises(CorruptObject, match=match) as info:
+        empty_repo.write_filez_bytes(SOME_CHECKSUM, data)
+    assert info.value.name == f"{SOME_CHECKSUM}.filez"
+    assert files_under(empty_repo.path) == before
+    assert_tmp_clean(empty_repo)
+
+
+def test_checksum_filez_bytes_names_objects_like_the_stream() -> None:
+    """Both ways name regular files (empty, small, larger than one inflate chunk) and symlinks alike."""
+    headers = [REGULAR, FileHeader(0, 0, 0o120777, symlink_target="target")]
+    bodies = [b"", b"hello\n", os.urandom(content.CHUNK + 10)]
+    for header in headers:
+        for body in bodies if not header.is_symlink else [b""]:
+            h = FileHeader(header.uid, header.gid, header.mode, header.symlink_target, size=len(body))
+            data = h.archive_prefix() + (b"" if header.is_symlink else deflate(body))
+            expected = content.content_checksum(h, body)
+            assert content.checksum_filez_bytes(data, "x") == expected
+            assert content.checksum_filez(io.BytesIO(data), "x")[0] == expected
 
 
 def test_write_filez_wrong_checksum_and_right_one(empty_repo: Repo) -> None:

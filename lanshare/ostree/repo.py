@@ -429,7 +429,7 @@ class Repo:
 
     def write_filez_bytes(self, expected: str, data: bytes) -> None:
         """Like :meth:`write_filez` for data already in memory: verified before it touches the disk."""
-        actual, _ = content.checksum_filez(io.BytesIO(data), f"{expected}.filez")
+        actual = content.checksum_filez_bytes(data, f"{expected}.filez")
         if actual != expected:
             raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
         self._publish_bytes(self._object_file(expected, ObjectType.FILE), data)
