@@ -67,6 +67,10 @@ def _common(repo_required: bool = False) -> _Parser:
     return parent
 
 
+# True when this process is the ``lanshare`` program (:func:`run`), not a caller of :func:`main`.
+_own_process = False
+
+
 def _lazy(module: str, function: str) -> Handler:
     """A handler that imports its command module only when that command runs (fast start-up)."""
 
@@ -82,10 +86,12 @@ def _lazy(module: str, function: str) -> Handler:
         finally:
             if collecting:
                 gc.enable()
-        # What the imports built lives as long as the process: kept out of every later collection,
-        # which would otherwise walk those hundreds of thousands of objects again and again while a
-        # pull allocates (~10 % of a small-file pull's CPU), and out of forked workers' pages.
-        gc.freeze()
+        if _own_process:
+            # What the imports built lives as long as the process: kept out of every later
+            # collection, which would otherwise walk those hundreds of thousands of objects again
+            # and again while a pull allocates (~10 % of a small-file pull's CPU), and out of
+            # forked workers' pages.  Not when main() is called by a program (a test) that goes on.
+            gc.freeze()
         run: Handler = getattr(loaded, function)
         return run(args)
 
@@ -267,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> NoReturn:
     """The ``lanshare`` program: :func:`main`, then exit without tearing the interpreter down."""
+    global _own_process
+    _own_process = True
     code = main()
     # Freeing every module and object at interpreter shutdown takes ~0.1 s after a pull (SQLAlchemy,
     # aiohttp, the object walk) that nobody waits for usefully.  What exit must still do is done
