@@ -189,13 +189,14 @@ class DirTree:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "dirtree") -> DirTree:
-        """Parse a dirtree, rejecting names that are unsafe, duplicated or out of order."""
-        raw_files, raw_dirs = _decode(DIRTREE_TYPE, data, where)
-        files = [(validate_filename(n, where), checksum_from_bytes(c, where)) for n, c in raw_files]
-        dirs = [
-            (validate_filename(n, where), checksum_from_bytes(t, where), checksum_from_bytes(m, where))
-            for n, t, m in raw_dirs
-        ]
+        """Parse a dirtree, rejecting names that are unsafe, duplicated or out of order.
+
+        Read with the dirtree's own framing reader, which accepts exactly what the generic
+        GVariant decoder accepts (tests hold the two to that) at a fraction of its cost: a pull
+        parses every dirtree it stores, ~250 µs each through the generic decoder."""
+        raw_files, raw_dirs = _read_dirtree(data, where, with_names=True)
+        files = [(validate_filename(n, where), c) for n, c in raw_files]
+        dirs = [(validate_filename(n, where), t, m) for n, (t, m) in raw_dirs]
         for names in ([n for n, _ in files], [n for n, _, _ in dirs]):
             encoded = [n.encode() for n in names]
             if any(a >= b for a, b in itertools.pairwise(encoded)):
@@ -239,11 +240,22 @@ def _checksum_at(data: bytes, start: int, end: int, where: str) -> str:
 def dirtree_checksums(data: bytes, where: str = "dirtree") -> tuple[list[str], list[tuple[str, str]]]:
     """The checksums a dirtree names: its files, and (dirtree, dirmeta) of its subdirectories.
 
-    A reader of the ``(a(say)a(sayay))`` framing that skips the names, for walks over objects that
-    were verified when they entered the repository (prune's mark phase parses every tree it keeps:
-    several times faster than :meth:`DirTree.from_bytes`).  Bounds are still checked: malformed
-    bytes raise :class:`CorruptObject`, never read outside the object.
+    Skips the names, for walks over objects that were verified when they entered the repository
+    (prune's mark phase parses every tree it keeps).  Bounds are still checked: malformed bytes
+    raise :class:`CorruptObject`, never read outside the object.
     """
+    files: list[str]
+    dirs: list[tuple[str, str]]
+    files, dirs = _read_dirtree(data, where, with_names=False)
+    return files, dirs
+
+
+def _read_dirtree(data: bytes, where: str, *, with_names: bool) -> tuple[list[Any], list[Any]]:
+    """A reader of the ``(a(say)a(sayay))`` framing: each file's checksum and each subdirectory's
+    (dirtree, dirmeta), each paired with its name (``with_names``) as ``(name, …)``.
+
+    Every element of this type is 1-aligned, so the framing is all there is to check; it is
+    checked as the GVariant decoder checks it, and names as it checks strings."""
     size = len(data)
     if size > MAX_METADATA_SIZE:
         raise CorruptObject(where, f"{size} bytes is larger than the metadata limit")
@@ -251,7 +263,7 @@ def dirtree_checksums(data: bytes, where: str = "dirtree") -> tuple[list[str], l
     files_end = int.from_bytes(data[size - width : size], "little")
     if files_end > size - width:
         raise CorruptObject(where, "malformed dirtree: tuple framing offset out of bounds")
-    files = []
+    files: list[Any] = []
     for start, end in _element_spans(data, 0, files_end, where):  # (s ay): one offset, the name's end
         w = _offset_width(end - start)
         if end - start < w:
@@ -259,8 +271,9 @@ def dirtree_checksums(data: bytes, where: str = "dirtree") -> tuple[list[str], l
         name_end = start + int.from_bytes(data[end - w : end], "little")
         if not start <= name_end <= end - w:
             raise CorruptObject(where, "malformed dirtree: file entry framing offset out of bounds")
-        files.append(_checksum_at(data, name_end, end - w, where))
-    dirs = []
+        checksum = _checksum_at(data, name_end, end - w, where)
+        files.append((_name_at(data, start, name_end, where), checksum) if with_names else checksum)
+    dirs: list[Any] = []
     for start, end in _element_spans(data, files_end, size - width, where):  # (s ay ay): two offsets
         w = _offset_width(end - start)
         if end - start < 2 * w:
@@ -269,10 +282,25 @@ def dirtree_checksums(data: bytes, where: str = "dirtree") -> tuple[list[str], l
         tree_end = start + int.from_bytes(data[end - 2 * w : end - w], "little")
         if not start <= name_end <= tree_end <= end - 2 * w:
             raise CorruptObject(where, "malformed dirtree: directory entry framing offset out of bounds")
-        dirs.append(
-            (_checksum_at(data, name_end, tree_end, where), _checksum_at(data, tree_end, end - 2 * w, where))
+        pair = (
+            _checksum_at(data, name_end, tree_end, where),
+            _checksum_at(data, tree_end, end - 2 * w, where),
         )
+        dirs.append((_name_at(data, start, name_end, where), pair) if with_names else pair)
     return files, dirs
+
+
+def _name_at(data: bytes, start: int, end: int, where: str) -> str:
+    """A GVariant string: NUL-terminated, no other NUL, UTF-8."""
+    if end == start or data[end - 1] != 0:
+        raise CorruptObject(where, "malformed dirtree: a name is not NUL-terminated")
+    raw = data[start : end - 1]
+    if b"\0" in raw:
+        raise CorruptObject(where, "malformed dirtree: a name contains an embedded NUL byte")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptObject(where, "malformed dirtree: a name is not valid UTF-8") from None
 
 
 @dataclass(frozen=True)

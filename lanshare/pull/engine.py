@@ -37,8 +37,10 @@ from lanshare.pull.http import Timeouts
 from lanshare.pull.pipeline import StorePipeline
 from lanshare.pull.records import PeerKey, Recorder
 from lanshare.pull.sources import (
+    DirTreeListing,
     PeerSource,
     PlanEntry,
+    ReceivedTrees,
     Source,
     expand_plan,
     open_sources,
@@ -470,7 +472,7 @@ class _Pull:
 
     async def _fetch_closure(self, commit: Commit) -> None:
         """Walk the tree level by level, fetching missing metadata, then every missing file."""
-        await self._fetch_trees(commit)
+        received = await self._fetch_trees(commit)
         trees, metas = [commit.root_tree], [commit.root_meta]
         seen_trees: set[str] = set()
         seen_metas: set[str] = set()
@@ -480,12 +482,16 @@ class _Pull:
             seen_metas.update(metas)
             level = [ObjectName(t, ObjectType.DIR_TREE) for t in trees]
             level += [ObjectName(m, ObjectType.DIR_META) for m in metas]
-            await self._fetch(await asyncio.to_thread(self._missing, level))
-            listed = await asyncio.to_thread(self._list_trees, trees)
+            # What the trees response stored is present: only the rest is looked for on disk.
+            unknown = [n for n in level if n not in received.stored]
+            await self._fetch(await asyncio.to_thread(self._missing, unknown) if unknown else [])
+            unread = [t for t in trees if t not in received.listings]
+            read = await asyncio.to_thread(self._list_trees, unread) if unread else []
+            listed = [*(received.listings[t] for t in trees if t in received.listings), *read]
             trees, metas = [], []
-            for sub_trees, sub_metas, tree_files in listed:
-                trees += [t for t in sub_trees if t not in seen_trees]
-                metas += [m for m in sub_metas if m not in seen_metas]
+            for tree_files, dirs in listed:
+                trees += [t for t, _ in dirs if t not in seen_trees]
+                metas += [m for _, m in dirs if m not in seen_metas]
                 files.update(dict.fromkeys(tree_files))
             trees, metas = list(dict.fromkeys(trees)), list(dict.fromkeys(metas))
         wanted = [ObjectName(f, ObjectType.FILE) for f in files]
@@ -494,12 +500,12 @@ class _Pull:
         self.objects_total = self.objects_done + len(missing)
         await self._fetch(missing)
 
-    async def _fetch_trees(self, commit: Commit) -> None:
+    async def _fetch_trees(self, commit: Commit) -> ReceivedTrees:
         """The tree's directory metadata in one round trip from a peer holding the whole commit,
         leaving out what the ref's current commit shares with it; the levels walk that follows
         then finds it here and fetches only what the peer left out (a round trip per level)."""
         if await asyncio.to_thread(self.repo.has_object, commit.root_tree, ObjectType.DIR_TREE):
-            return  # a resumed pull, or a tree shared with a commit held here: walk it
+            return ReceivedTrees()  # a resumed pull, or a tree shared with a commit held here: walk it
         peer = next(
             (
                 s
@@ -513,11 +519,11 @@ class _Pull:
             None,
         )
         if peer is None:
-            return
+            return ReceivedTrees()
         if not self.partial_marked:
             await asyncio.to_thread(self._mark_partial, self.checksum)
         base = await asyncio.to_thread(self._complete_head)
-        await peer.fetch_trees(self.checksum, commit.root_tree, commit.root_meta, base, self._sink)
+        return await peer.fetch_trees(self.checksum, commit.root_tree, commit.root_meta, base, self._sink)
 
     def _complete_head(self) -> str | None:
         """The commit the ref being moved points at, if held complete here (a trees base)."""
@@ -529,13 +535,12 @@ class _Pull:
     def _missing(self, names: Sequence[ObjectName]) -> list[ObjectName]:
         return [names[i] for i in self.repo.absent([(n.checksum, n.kind) for n in names])]
 
-    def _list_trees(self, trees: Sequence[str]) -> list[tuple[list[str], list[str], list[str]]]:
-        listed = []
+    def _list_trees(self, trees: Sequence[str]) -> list[DirTreeListing]:
+        listed: list[DirTreeListing] = []
         for checksum in trees:
             # Present objects were verified when they were stored.
             tree = self.repo.load_dirtree(checksum, verify=False)
-            dirs = tree.dirs
-            listed.append(([t for _, t, _ in dirs], [m for _, _, m in dirs], [c for _, c in tree.files]))
+            listed.append(([c for _, c in tree.files], [(t, m) for _, t, m in tree.dirs]))
         return listed
 
     async def _fetch(self, names: Sequence[ObjectName]) -> None:

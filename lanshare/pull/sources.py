@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -378,18 +378,33 @@ class PeerSource(Source):
 
     async def fetch_trees(
         self, commit: str, root_tree: str, root_meta: str, base: str | None, sink: Sink
-    ) -> None:
+    ) -> ReceivedTrees:
         """Store ``commit``'s directory metadata from one trees response (:data:`wire.TREES_PATH`),
         each record checked to belong to the tree and verified by the sink.  What the peer leaves
         out is the caller's to fetch; a peer that lies is abandoned."""
+        received = ReceivedTrees()
         if self.failure is not None or wire.TREES_FEATURE not in self.features:
-            return
+            return received
         roots = [ObjectName(root_tree, ObjectType.DIR_TREE), ObjectName(root_meta, ObjectType.DIR_META)]
-        decoder = wire.TreeDecoder(roots, _tree_children)
+        listings: dict[str, DirTreeListing] = {}
+
+        def children(name: ObjectName, data: bytes) -> list[ObjectName]:
+            _, dirs = listings[name.checksum] = _listing(name, data)
+            wanted = []
+            for tree, meta in dirs:
+                wanted += [ObjectName(tree, ObjectType.DIR_TREE), ObjectName(meta, ObjectType.DIR_META)]
+            return wanted
+
+        decoder = wire.TreeDecoder(roots, children)
         groups = _Groups(self, sink, in_flight=_TREE_GROUPS_IN_FLIGHT)
         url = urljoin(self.url, wire.TREES_PATH.lstrip("/"))
         # 404: it does not hold that commit after all; nothing is lost, the levels walk fetches it.
         await self._stream(url, {"commit": commit, "base": base}, decoder, groups, None, not_found_ok=True)
+        for name in groups.stored:
+            received.stored.add(name)
+            if name.kind is ObjectType.DIR_TREE:
+                received.listings[name.checksum] = listings[name.checksum]
+        return received
 
     async def _stream(
         self,
@@ -484,19 +499,28 @@ class _Groups:
             raise SourceFailure(f"served a corrupt object: {error}", bad_data=True)
 
 
-def _tree_children(name: ObjectName, data: bytes) -> list[ObjectName]:
-    """What a dirtree received in a trees response makes wanted: its subdirectories' dirtree and
-    dirmeta.  Checked against its name first, so a peer cannot widen the tree with a forged one."""
+# A dirtree's checksums: its files, and (dirtree, dirmeta) of each subdirectory.
+DirTreeListing = tuple[list[str], list[tuple[str, str]]]
+
+
+@dataclass
+class ReceivedTrees:
+    """What a trees response stored: every object, and each dirtree's listing (so the walk after
+    it neither asks the disk what is present nor reads those dirtrees back)."""
+
+    stored: set[ObjectName] = field(default_factory=set)
+    listings: dict[str, DirTreeListing] = field(default_factory=dict)
+
+
+def _listing(name: ObjectName, data: bytes) -> DirTreeListing:
+    """A dirtree received in a trees response, checked against its name first (so a peer cannot
+    widen the tree with a forged one), then read."""
     if sha256_hex(data) != name.checksum:
         raise wire.WireError(f"{name} does not hash to its name")
     try:
-        _, dirs = dirtree_checksums(data, str(name))
+        return dirtree_checksums(data, str(name))
     except CorruptObject as e:
         raise wire.WireError(str(e)) from None
-    children = []
-    for tree, meta in dirs:
-        children += [ObjectName(tree, ObjectType.DIR_TREE), ObjectName(meta, ObjectType.DIR_META)]
-    return children
 
 
 async def run_workers(count: int, worker: Callable[[], Coroutine[Any, Any, None]]) -> None:
