@@ -25,15 +25,17 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Literal
 
 from lanshare import gvariant
 from lanshare.errors import SignatureError, UsageError
 from lanshare.gvariant import GVariantError, Variant
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography is imported where ed25519 is used: most pulls verify GPG signatures or none, and
+# importing it costs ~10 ms of every command's start.
 
 GPG_KEY = "ostree.gpgsigs"
 ED25519_KEY = "ostree.sign.ed25519"
@@ -304,6 +306,8 @@ def parse_ed25519_secret_key(key: str | bytes, what: str = "ed25519 secret key")
         raise UsageError(
             f"{what} decodes to {len(raw)} bytes; expected 64 (libsodium: seed + public key) or 32 (seed)"
         )
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.from_private_bytes(raw[:32])
     if len(raw) == 64 and _public_raw(private) != raw[32:]:
         raise UsageError(f"{what}: its second half is not the public key of its seed (the key is corrupt)")
@@ -311,6 +315,8 @@ def parse_ed25519_secret_key(key: str | bytes, what: str = "ed25519 secret key")
 
 
 def _public_raw(private: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -321,6 +327,9 @@ def ed25519_public_key(secret_key: str | bytes) -> str:
 
 def generate_ed25519_keypair() -> tuple[str, str]:
     """A fresh (public, secret) pair in libostree's base64 formats (secret: libsodium's 64 bytes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     seed = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
@@ -376,6 +385,9 @@ def verify_ed25519(data: bytes, signatures: Sequence[bytes], public_keys: Sequen
     keys = [(k.strip(), parse_ed25519_public_key(k, f"ed25519 key {k.strip()!r}")) for k in public_keys]
     if not keys:
         raise SignatureError("no trusted ed25519 key configured (trust.ed25519_keys)")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     problems: list[str] = []
     for i, signature in enumerate(signatures):
         if len(signature) != ED25519_SIGNATURE_BYTES:
