@@ -212,6 +212,8 @@ def test_sqlite_pragmas(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+        # NORMAL (1): WAL syncs at checkpoints, not at every commit (the index is derived data).
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     engine.dispose()
 
 
