@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
 from lanshare import wire
 from lanshare.ostree.repo import Repo
@@ -49,6 +49,7 @@ _BATCH_SLOTS = web.AppKey("lan_batch_slots", asyncio.Semaphore)
 
 # libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
 REPO_INDEX_PREFIX = "0/"
+_POST_PATHS = frozenset({f"{wire.API_PREFIX}/objects", wire.TREES_PATH})
 
 
 def _refusal(text: str, retry_after: int) -> web.Response:
@@ -58,32 +59,49 @@ def _refusal(text: str, retry_after: int) -> web.Response:
     return response
 
 
-def _gate(sharing: SharingState, limits: LanLimits, ledger: PeerLedger) -> Middleware:
-    """The listener's one middleware: 503 while sharing is paused (before anything else runs, not
+class _Gate:
+    """What every request passes first: 503 while sharing is paused (before anything else runs, not
     even the connection limit), 503 past max_connections requests in flight rather than a queue
     without bound, and every request admitted counted for its peer.
 
-    One middleware, not two: each costs a coroutine per request, and stock ``ostree pull`` sends
-    thousands of small requests.
+    Each route's handler is wrapped in it (:func:`_gated`) rather than an aiohttp middleware:
+    any middleware makes aiohttp build a chain of two per request (its own ``current_app`` one
+    comes with it), and stock ``ostree pull`` sends thousands of small requests.  A catch-all
+    route answers 405 itself so that no request reaches the router's built-in answers ungated.
     """
-    in_flight = 0  # requests being handled now (the event loop is the only writer)
 
-    @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        nonlocal in_flight
-        paused = sharing.paused_because
+    def __init__(self, sharing: SharingState, limits: LanLimits, ledger: PeerLedger) -> None:
+        self.sharing = sharing
+        self.limits = limits
+        self.ledger = ledger
+        self.in_flight = 0  # requests being handled now (the event loop is the only writer)
+
+    def enter(self, request: web.BaseRequest) -> web.Response | None:
+        """Admit the request (None; call :meth:`leave` when it is answered) or the 503 refusing it."""
+        paused = self.sharing.paused_because
         if paused is not None:
             return _refusal(f"not sharing now: {paused}\n", PAUSED_RETRY_AFTER)
-        if in_flight >= limits.max_connections:
-            return _refusal("busy, retry later\n", limits.retry_after)
-        in_flight += 1
+        if self.in_flight >= self.limits.max_connections:
+            return _refusal("busy, retry later\n", self.limits.retry_after)
+        self.in_flight += 1
+        self.ledger.count_request(peer_of(request))
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def _gated(gate: _Gate, handler: Handler) -> Handler:
+    async def gated(request: web.Request) -> web.StreamResponse:
+        refusal = gate.enter(request)
+        if refusal is not None:
+            return refusal
         try:
-            ledger.count_request(peer_of(request))
             return await handler(request)
         finally:
-            in_flight -= 1
+            gate.leave()
 
-    return gate
+    return gated
 
 
 async def _archive(request: web.Request) -> web.StreamResponse:
@@ -94,6 +112,13 @@ async def _archive(request: web.Request) -> web.StreamResponse:
     if file is None:
         raise web.HTTPNotFound()
     return await send_file(request, request.app[_OPENER], file, request.app[LEDGER])
+
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    allowed = {"GET", "HEAD"}
+    if request.path in _POST_PATHS:
+        allowed.add("POST")
+    raise web.HTTPMethodNotAllowed(request.method, allowed)
 
 
 async def _info(request: web.Request) -> web.StreamResponse:
@@ -123,8 +148,8 @@ def create_lan_app(
     While ``sharing`` is paused every request is answered 503 (``None``: always sharing).
     """
     ledger = PeerLedger(limits)
-    gate = _gate(sharing or _AlwaysSharing(), limits, ledger)
-    app = web.Application(middlewares=[gate], client_max_size=limits.max_request_bytes)
+    gate = _Gate(sharing or _AlwaysSharing(), limits, ledger)
+    app = web.Application(client_max_size=limits.max_request_bytes)
     app[REPO] = repo
     app[LIMITS] = limits
     app[NODE_ID] = node_id
@@ -134,8 +159,10 @@ def create_lan_app(
     app[_ROOT] = Path(os.path.realpath(repo.path))
     app[_OPENER] = FileOpener(app[_ROOT])
     app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
-    app.router.add_get(f"{wire.API_PREFIX}/info", _info)
-    app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
-    app.router.add_post(wire.TREES_PATH, _trees)
-    app.router.add_get("/{path:.*}", _archive)
+    app.router.add_get(f"{wire.API_PREFIX}/info", _gated(gate, _info))
+    app.router.add_post(f"{wire.API_PREFIX}/objects", _gated(gate, _objects))
+    app.router.add_post(wire.TREES_PATH, _gated(gate, _trees))
+    app.router.add_get("/{path:.*}", _gated(gate, _archive))
+    # Last: every other method on every path (a 405 through the gate, like everything else).
+    app.router.add_route("*", "/{path:.*}", _gated(gate, _method_not_allowed))
     return app
