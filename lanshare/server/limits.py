@@ -273,7 +273,7 @@ class BodyWriter:
             offset += len(data)
 
 
-# Loop classes whose sendfile raised NotImplementedError once (and uvloop's, known not to have one).
+# Loop classes whose sendfile raised NotImplementedError (uvloop's does not override it at all).
 _NO_SENDFILE: set[type[asyncio.AbstractEventLoop]] = set()
 
 
