@@ -58,7 +58,7 @@ def _serve(
     factory: LoopFactory,
     repo: Repo,
     limits: LanLimits,
-    client: Callable[[int, web.Application], Awaitable[None]],
+    client: Callable[[int, web.AppRunner], Awaitable[None]],
 ) -> None:
     """Run the LAN listener on a loop made by ``factory`` (None: asyncio's) and ``client`` against it."""
 
@@ -69,7 +69,7 @@ def _serve(
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
-            await client(runner.addresses[0][1], app)
+            await client(runner.addresses[0][1], runner)
         finally:
             await runner.cleanup()
 
@@ -97,7 +97,8 @@ def test_large_files_whole_and_ranges_are_byte_exact(
 ) -> None:
     repo, data = served
 
-    async def client(port: int, app: web.Application) -> None:
+    async def client(port: int, runner: web.AppRunner) -> None:
+        app = runner.app
         status, headers, body = await _fetch(port, f"GET {TARGET} HTTP/1.1")
         assert (status, int(headers["content-length"])) == (200, SIZE)
         assert body == data
@@ -126,7 +127,9 @@ def test_a_peer_that_stops_reading_is_dropped(loop_factory: LoopFactory, served:
     stalled.parent.mkdir(exist_ok=True)
     stalled.write_bytes(data * 4)
 
-    async def client(port: int, app: web.Application) -> None:
+    async def client(port: int, runner: web.AppRunner) -> None:
+        server = runner.server
+        assert server is not None
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -134,7 +137,12 @@ def test_a_peer_that_stops_reading_is_dropped(loop_factory: LoopFactory, served:
         reader, writer = await asyncio.open_connection(sock=sock)
         path = f"/objects/ef/{stalled.name}"
         writer.write(f"GET {path} HTTP/1.1\r\nHost: peer\r\n\r\n".encode())
-        await asyncio.sleep(3)  # not reading: the server's send stalls past send_timeout
+        # Not reading: the server's send stalls past send_timeout, and it drops the connection.
+        async with asyncio.timeout(60):
+            while not server.connections:
+                await asyncio.sleep(0.05)
+            while server.connections:
+                await asyncio.sleep(0.05)
         received = 0
         try:
             while chunk := await asyncio.wait_for(reader.read(1 << 20), 60):
@@ -143,7 +151,7 @@ def test_a_peer_that_stops_reading_is_dropped(loop_factory: LoopFactory, served:
             pass  # dropped (a reset, or an end of stream before Content-Length: both tell the peer)
         writer.close()
         assert received < len(data) * 4
-        assert app[LEDGER].snapshot()["127.0.0.1"].bytes_out < len(data) * 4
+        assert runner.app[LEDGER].snapshot()["127.0.0.1"].bytes_out < len(data) * 4
         # The listener still answers everyone else.
         status, _, body = await _fetch(port, f"GET {TARGET} HTTP/1.1")
         assert (status, body) == (200, data)
