@@ -175,11 +175,10 @@ async def _lan_listener(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     listen = config.sharing.listen
     limits = LanLimits.from_config(config.sharing)
-    lan_app = create_lan_app(app[REPO], limits, app[NODE_ID])
+    # While sharing is paused (battery, metered) every request is answered 503, before anything else.
+    lan_app = create_lan_app(app[REPO], limits, app[NODE_ID], sharing=app[SHARING])
     # The info document announces the commits this machine's pulls are fetching (lanshare.pull.fleet).
     lan_app[HOLDINGS].engine = app[INDEX]
-    # Outermost: while sharing is paused nothing else runs, not even the connection limit.
-    lan_app.middlewares.insert(0, app[SHARING].middleware())
     await app[SHARING].check()  # on battery from the first request, not 30 s later
     runner = web.AppRunner(lan_app, **limits.runner_kwargs())
     await runner.setup()

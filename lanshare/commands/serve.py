@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import dataclasses
 import logging
 
+from lanshare import event_loop
 from lanshare.cli import EXIT_OK
 from lanshare.context import Context
 from lanshare.daemon import run
@@ -40,5 +40,6 @@ def run_serve(args: argparse.Namespace) -> int:
     # journald adds its own timestamps; a terminal reader gets the level and the source.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _give_freed_memory_back()
-    asyncio.run(run(config))
+    # uvloop where installed: a third less CPU per request served (lanshare/event_loop.py).
+    event_loop.run(run(config))
     return EXIT_OK

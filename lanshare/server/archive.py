@@ -10,7 +10,6 @@ either.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import functools
 import os
@@ -204,7 +203,7 @@ async def send_file(
             if writer.bucket is None:
                 await writer.sendfile(opened.fd, start, count)
             else:
-                await _stream(writer, opened.fd, start, count)
+                await writer.copy(opened.fd, start, count)  # rate-limited: paced in small writes
         except BodyAborted:
             abort(request)
             return response
@@ -212,17 +211,3 @@ async def send_file(
         return response
     finally:
         opened.close()
-
-
-async def _stream(writer: BodyWriter, fd: int, start: int, count: int) -> None:
-    """Copy ``count`` bytes from ``start`` through the writer (the rate-limited path: no sendfile)."""
-    loop = asyncio.get_running_loop()
-    chunk = writer.ledger.limits.chunk_size
-    offset, end = start, start + count
-    while offset < end:
-        data = await loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset)
-        if not data:
-            # The file shrank under us (replaced objects are renamed, so this is a truncation).
-            raise BodyAborted("file ended early")
-        await writer.write(data)
-        offset += len(data)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from lanshare import wire
 from lanshare.ostree.repo import Repo
+from lanshare.power import RETRY_AFTER as PAUSED_RETRY_AFTER
 from lanshare.server.archive import archive_file, send_file
 from lanshare.server.batch import read_batch_request, send_batch
 from lanshare.server.holdings import Holdings
@@ -31,38 +33,75 @@ _ROOT = web.AppKey("lan_root", Path)
 _OPENER = web.AppKey("lan_opener", FileOpener)
 
 
-class _InFlight:
-    """Requests being handled right now (the event loop is the only writer)."""
+class SharingState(Protocol):
+    """Whether this node shares right now (:class:`lanshare.power.SharingSwitch`)."""
 
-    count = 0
+    @property
+    def paused_because(self) -> str | None:
+        """Why sharing is paused, or None while it is on."""
 
 
-_IN_FLIGHT = web.AppKey("lan_in_flight", _InFlight)
+class _AlwaysSharing:
+    paused_because: str | None = None
+
+
 _BATCH_SLOTS = web.AppKey("lan_batch_slots", asyncio.Semaphore)
 
 # libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
 REPO_INDEX_PREFIX = "0/"
+_POST_PATHS = frozenset({f"{wire.API_PREFIX}/objects", wire.TREES_PATH})
 
 
-@web.middleware
-async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer 503 past max_connections requests in flight, rather than queueing without bound."""
-    app = request.app
-    in_flight = app[_IN_FLIGHT]
-    limits = app[LIMITS]
-    if in_flight.count >= limits.max_connections:
-        response = web.Response(
-            status=503, text="busy, retry later\n", headers={"Retry-After": str(limits.retry_after)}
-        )
-        # Close it: an idle keep-alive connection from a peer we turned away only holds a socket.
-        response.force_close()
-        return response
-    in_flight.count += 1
-    try:
-        app[LEDGER].count_request(peer_of(request))
-        return await handler(request)
-    finally:
-        in_flight.count -= 1
+def _refusal(text: str, retry_after: int) -> web.Response:
+    response = web.Response(status=503, text=text, headers={"Retry-After": str(retry_after)})
+    # Close it: an idle keep-alive connection from a peer we turned away only holds a socket.
+    response.force_close()
+    return response
+
+
+class _Gate:
+    """What every request passes first: 503 while sharing is paused (before anything else runs, not
+    even the connection limit), 503 past max_connections requests in flight rather than a queue
+    without bound, and every request admitted counted for its peer.
+
+    Each route's handler is wrapped in it (:func:`_gated`) rather than an aiohttp middleware:
+    any middleware makes aiohttp build a chain of two per request (its own ``current_app`` one
+    comes with it), and stock ``ostree pull`` sends thousands of small requests.  A catch-all
+    route answers 405 itself so that no request reaches the router's built-in answers ungated.
+    """
+
+    def __init__(self, sharing: SharingState, limits: LanLimits, ledger: PeerLedger) -> None:
+        self.sharing = sharing
+        self.limits = limits
+        self.ledger = ledger
+        self.in_flight = 0  # requests being handled now (the event loop is the only writer)
+
+    def enter(self, request: web.BaseRequest) -> web.Response | None:
+        """Admit the request (None; call :meth:`leave` when it is answered) or the 503 refusing it."""
+        paused = self.sharing.paused_because
+        if paused is not None:
+            return _refusal(f"not sharing now: {paused}\n", PAUSED_RETRY_AFTER)
+        if self.in_flight >= self.limits.max_connections:
+            return _refusal("busy, retry later\n", self.limits.retry_after)
+        self.in_flight += 1
+        self.ledger.count_request(peer_of(request))
+        return None
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+def _gated(gate: _Gate, handler: Handler) -> Handler:
+    async def gated(request: web.Request) -> web.StreamResponse:
+        refusal = gate.enter(request)
+        if refusal is not None:
+            return refusal
+        try:
+            return await handler(request)
+        finally:
+            gate.leave()
+
+    return gated
 
 
 async def _archive(request: web.Request) -> web.StreamResponse:
@@ -73,6 +112,13 @@ async def _archive(request: web.Request) -> web.StreamResponse:
     if file is None:
         raise web.HTTPNotFound()
     return await send_file(request, request.app[_OPENER], file, request.app[LEDGER])
+
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    allowed = {"GET", "HEAD"}
+    if request.path in _POST_PATHS:
+        allowed.add("POST")
+    raise web.HTTPMethodNotAllowed(request.method, allowed)
 
 
 async def _info(request: web.Request) -> web.StreamResponse:
@@ -94,21 +140,29 @@ async def _trees(request: web.Request) -> web.StreamResponse:
         return await send_trees(request, app[_ROOT], app[LIMITS], app[LEDGER])
 
 
-def create_lan_app(repo: Repo, limits: LanLimits, node_id: str) -> web.Application:
-    """The read-only LAN application serving ``repo``; run it with ``limits.runner_kwargs()``."""
-    app = web.Application(middlewares=[_gate], client_max_size=limits.max_request_bytes)
+def create_lan_app(
+    repo: Repo, limits: LanLimits, node_id: str, sharing: SharingState | None = None
+) -> web.Application:
+    """The read-only LAN application serving ``repo``; run it with ``limits.runner_kwargs()``.
+
+    While ``sharing`` is paused every request is answered 503 (``None``: always sharing).
+    """
+    ledger = PeerLedger(limits)
+    gate = _Gate(sharing or _AlwaysSharing(), limits, ledger)
+    app = web.Application(client_max_size=limits.max_request_bytes)
     app[REPO] = repo
     app[LIMITS] = limits
     app[NODE_ID] = node_id
     app[HOLDINGS] = Holdings(repo, node_id)
-    app[LEDGER] = PeerLedger(limits)
+    app[LEDGER] = ledger
     # Resolved once: the repository may be reached through a symlink, nothing below it may.
     app[_ROOT] = Path(os.path.realpath(repo.path))
     app[_OPENER] = FileOpener(app[_ROOT])
-    app[_IN_FLIGHT] = _InFlight()
     app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
-    app.router.add_get(f"{wire.API_PREFIX}/info", _info)
-    app.router.add_post(f"{wire.API_PREFIX}/objects", _objects)
-    app.router.add_post(wire.TREES_PATH, _trees)
-    app.router.add_get("/{path:.*}", _archive)
+    app.router.add_get(f"{wire.API_PREFIX}/info", _gated(gate, _info))
+    app.router.add_post(f"{wire.API_PREFIX}/objects", _gated(gate, _objects))
+    app.router.add_post(wire.TREES_PATH, _gated(gate, _trees))
+    app.router.add_get("/{path:.*}", _gated(gate, _archive))
+    # Last: every other method on every path (a 405 through the gate, like everything else).
+    app.router.add_route("*", "/{path:.*}", _gated(gate, _method_not_allowed))
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -222,27 +223,64 @@ class BodyWriter:
             self.ledger.count_bytes(self.peer, len(piece))
 
     async def sendfile(self, fd: int, offset: int, count: int) -> None:
-        """Send part of an open file with the kernel's sendfile, in pieces bounded by the stall timeout."""
+        """Send part of an open file: with the kernel's sendfile, in pieces bounded by the stall
+        timeout, where the loop has it (asyncio's); else read and written (uvloop's has none)."""
+        loop = asyncio.get_running_loop()
+        if not _has_sendfile(loop):
+            await self.copy(fd, offset, count)
+            return
         # loop.sendfile wants a file object; this one leaves the caller's descriptor open.
         with open(fd, "rb", closefd=False) as fileobj:
             end = offset + count
             while offset < end:
                 size = min(SENDFILE_PIECE, end - offset)
-                await self._sendfile_piece(fileobj, offset, size)
+                try:
+                    await self._sendfile_piece(loop, fileobj, offset, size)
+                except NotImplementedError:
+                    # Raised before a byte is sent: this transport cannot (a loop we did not know).
+                    _NO_SENDFILE.add(type(loop))
+                    await self.copy(fd, offset, end - offset)
+                    return
                 offset += size
 
-    async def _sendfile_piece(self, fileobj: BinaryIO, offset: int, size: int) -> None:
+    async def _sendfile_piece(
+        self, loop: asyncio.AbstractEventLoop, fileobj: BinaryIO, offset: int, size: int
+    ) -> None:
         transport = self.request.transport
         if transport is None or transport.is_closing():
             raise BodyAborted("connection closed")
         try:
             async with asyncio.timeout(self.timeout):
-                sent = await asyncio.get_running_loop().sendfile(transport, fileobj, offset, size)
+                sent = await loop.sendfile(transport, fileobj, offset, size)
         except (TimeoutError, ConnectionError) as e:
             raise BodyAborted(str(e)) from None
         self.ledger.count_bytes(self.peer, sent)
         if sent < size:
             raise BodyAborted("file ended early")
+
+    async def copy(self, fd: int, offset: int, count: int) -> None:
+        """Send part of an open file read in chunks (in a worker thread: the disk may wait) and
+        written through :meth:`write`: rate limit, stall timeout and counting as for any body."""
+        loop = asyncio.get_running_loop()
+        chunk = self.ledger.limits.chunk_size
+        end = offset + count
+        while offset < end:
+            data = await loop.run_in_executor(None, os.pread, fd, min(chunk, end - offset), offset)
+            if not data:
+                # The file shrank under us (replaced objects are renamed, so this is a truncation).
+                raise BodyAborted("file ended early")
+            await self.write(data)
+            offset += len(data)
+
+
+# Loop classes whose sendfile raised NotImplementedError (uvloop's does not override it at all).
+_NO_SENDFILE: set[type[asyncio.AbstractEventLoop]] = set()
+
+
+def _has_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.sendfile`` may work: overridden, and it never raised NotImplementedError."""
+    kind = type(loop)
+    return kind not in _NO_SENDFILE and kind.sendfile is not asyncio.AbstractEventLoop.sendfile
 
 
 def peer_of(request: web.BaseRequest) -> str:
