@@ -20,9 +20,6 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
-
 from lanshare.config import SharingConfig
 
 log = logging.getLogger(__name__)
@@ -154,20 +151,3 @@ class SharingSwitch:
         while True:
             await self.check()
             await asyncio.sleep(interval)
-
-    def middleware(self) -> Middleware:
-        """An aiohttp middleware for the LAN listener: 503 + Retry-After while paused."""
-
-        @web.middleware
-        async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self.paused_because is None:
-                return await handler(request)
-            response = web.Response(
-                status=503,
-                text=f"not sharing now: {self.paused_because}\n",
-                headers={"Retry-After": str(RETRY_AFTER)},
-            )
-            response.force_close()
-            return response
-
-        return gate
