@@ -250,6 +250,8 @@ class BenchResult:
     load: list[tuple[float, float, float]] = field(default_factory=list)  # at start and end of runs
     # Microseconds to create an empty file in a fresh directory, before and after the runs.
     creation_us: list[float] = field(default_factory=list)
+    # Wall seconds of `lanshare pull`'s start-up alone: the interpreter and the modules it imports.
+    startup: list[float] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -305,6 +307,16 @@ class _Runner:
         if pulled != commit:
             return f"{way.label}: pulled {pulled}, served {commit}"
         return None
+
+
+# What `lanshare pull` runs before its first request: the interpreter's start, then the modules a
+# pull imports, with the collector off as lanshare.cli imports them.  Part of the pull's wall.
+STARTUP_CMD = (
+    sys.executable,
+    "-c",
+    "import gc; gc.disable(); "
+    "import lanshare.commands.pull, lanshare.index.sync, lanshare.ostree.repo_summary",
+)
 
 
 def file_creation_us(directory: Path, count: int = 2000) -> float:
@@ -428,6 +440,7 @@ def run_bench(
                 pulled.append(repo.parent)
         result.load.append(os.getloadavg())
         result.creation_us.append(file_creation_us(workdir / "creation-after"))
+        result.startup = [run_timed([*STARTUP_CMD], tools.env).wall for _ in range(rounds)]
         # Removed only now: on ext4, creating files within a minute of deleting thousands makes
         # inode allocation skip the recently deleted ones, slowly (`perf`: find_inode_bit /
         # recently_deleted took ~60% of a core), which would be charged to whichever way ran next.
@@ -498,6 +511,11 @@ def format_report(result: BenchResult, rounds: int) -> str:
             f"{way.server_peak_mb:>5.0f} MB {_mb(way.median(lambda r: r.lo_bytes)):>12} {nginx_bytes:>18} "
             f"{way.median(lambda r: r.switches) / result.objects:>10.2f}"
         )
+    startup = statistics.median(result.startup) if result.startup else float("nan")
+    lines.append(
+        f"of lanshare pull's {w['lanshare'].wall:.2f} s, {startup:.2f} s is start-up: the interpreter and "
+        "the modules a pull imports (aiohttp, SQLAlchemy...), timed alone, median"
+    )
     lines.append("")
     lines.append("all runs, wall s: " + "; ".join(
         f"{way.key} " + " ".join(f"{r.client.wall:.2f}" for r in way.runs) for way in w.values()
