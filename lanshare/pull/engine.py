@@ -523,6 +523,7 @@ class _Pull:
         if not self.partial_marked:
             await asyncio.to_thread(self._mark_partial, self.checksum)
         base = await asyncio.to_thread(self._complete_head)
+        self.pipeline.start()  # the workers fork while the peer reads the first dirtrees
         return await peer.fetch_trees(self.checksum, commit.root_tree, commit.root_meta, base, self._sink)
 
     def _complete_head(self) -> str | None:

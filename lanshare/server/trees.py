@@ -28,6 +28,9 @@ from lanshare.server.limits import LanLimits, PeerLedger
 log = logging.getLogger(__name__)
 
 _TREE, _META = ObjectType.DIR_TREE, ObjectType.DIR_META
+# Smaller groups than a batch's: the asker stores dirtrees as they come (a pull waits on them), so
+# the first ones should leave after a few dozen reads, not after the whole tree of a small commit.
+TREE_GROUP_BYTES = GROUP_BYTES // 8
 
 
 class TreeEncoder:
@@ -57,7 +60,7 @@ class TreeEncoder:
             for record in self._records:
                 records.append(record)
                 raw += len(record)
-                if raw >= GROUP_BYTES:
+                if raw >= TREE_GROUP_BYTES:
                     break
             else:
                 records.append(bytes([wire.END]))
