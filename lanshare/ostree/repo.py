@@ -76,6 +76,12 @@ def validate_collection_id(collection_id: str) -> str:
     return collection_id
 
 
+def _check_filez(expected: str, actual: str) -> None:
+    """Refuse a ``.filez`` whose content does not hash to the name it was offered under."""
+    if actual != expected:
+        raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
+
+
 def _syncfs(path: Path) -> None:
     """Flush every file of the filesystem holding ``path`` (what libostree does per transaction)."""
     libc_name = ctypes.util.find_library("c")
@@ -394,9 +400,7 @@ class Repo:
             with os.fdopen(fd, "w+b") as f:
                 shutil.copyfileobj(stream, f, content.CHUNK)
                 f.seek(0)
-                actual, _ = content.checksum_filez(f, f"{expected}.filez")
-            if actual != expected:
-                raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
+                _check_filez(expected, content.checksum_filez(f, f"{expected}.filez")[0])
             os.chmod(tmp_name, 0o644)
             path = self.object_path(expected, ObjectType.FILE)
             path.parent.mkdir(exist_ok=True)
@@ -418,9 +422,7 @@ class Repo:
         if st.st_nlink != 0 or not stat.S_ISREG(st.st_mode) or st.st_dev != os.stat(self.tmp_dir).st_dev:
             return False
         stream.seek(0)
-        actual, _ = content.checksum_filez(stream, f"{expected}.filez")
-        if actual != expected:
-            raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
+        _check_filez(expected, content.checksum_filez(stream, f"{expected}.filez")[0])
         os.fchmod(fd, 0o644)
         if self._unnamed.link(fd, self._object_file(expected, ObjectType.FILE), own_file=False):
             return True
@@ -429,9 +431,7 @@ class Repo:
 
     def write_filez_bytes(self, expected: str, data: bytes) -> None:
         """Like :meth:`write_filez` for data already in memory: verified before it touches the disk."""
-        actual = content.checksum_filez_bytes(data, f"{expected}.filez")
-        if actual != expected:
-            raise CorruptObject(f"{expected}.filez", f"checksum mismatch (content hashes to {actual})")
+        _check_filez(expected, content.checksum_filez_bytes(data, f"{expected}.filez"))
         self._publish_bytes(self._object_file(expected, ObjectType.FILE), data)
 
     def open_content(self, checksum: str) -> tuple[FileHeader, Iterator[bytes]]:
