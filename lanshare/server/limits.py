@@ -174,18 +174,18 @@ class PeerLedger:
 
     def count_request(self, peer: str) -> None:
         """Count one request from ``peer``."""
+        self._stats(peer).requests += 1
+
+    def count_bytes(self, peer: str, count: int) -> None:
+        """Count body bytes sent to ``peer``."""
+        self._stats(peer).bytes_out += count
+
+    def _stats(self, peer: str) -> PeerStats:
         # get first: setdefault would build a PeerStats on every request (this runs on each one).
         stats = self.stats.get(peer)
         if stats is None:
             stats = self.stats[peer] = PeerStats()
-        stats.requests += 1
-
-    def count_bytes(self, peer: str, count: int) -> None:
-        """Count body bytes sent to ``peer``."""
-        stats = self.stats.get(peer)
-        if stats is None:
-            stats = self.stats[peer] = PeerStats()
-        stats.bytes_out += count
+        return stats
 
     def snapshot(self) -> dict[str, PeerStats]:
         """A copy of the counters, per peer IP."""
