@@ -29,7 +29,7 @@ from aiohttp import web
 
 from lanshare import wire
 from lanshare.server.limits import BodyAborted, BodyWriter, LanLimits, PeerLedger, abort
-from lanshare.server.opener import CachedOpen, FileOpener
+from lanshare.server.opener import DIR_FLAGS, FILE_FLAGS, CachedOpen, FileOpener
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,6 @@ GROUP_BYTES = 256 * 1024
 BATCH_OBJECT_BYTES = 1024 * 1024
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
-# O_NONBLOCK: opening a FIFO someone left in the repository must not hang an encoder thread.
-_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 # One: an encoder is bound by the GIL (a few dozen Python steps per object), so a second one only
 # trades the GIL with the first and the event loop (futex hand-offs were ~20% of the daemon's
 # CPU); with one, its zstd calls (which release the GIL) still overlap the loop's sending.
@@ -68,7 +65,7 @@ def open_objects_dir(root: Path) -> int:
     """``root/objects`` opened as a directory, following no symlink (objects are opened beneath it)."""
     root_fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     try:
-        return os.open("objects", _DIR_FLAGS, dir_fd=root_fd)
+        return os.open("objects", DIR_FLAGS, dir_fd=root_fd)
     finally:
         os.close(root_fd)
 
@@ -80,9 +77,9 @@ def read_object(objects_fd: int, name: wire.ObjectName) -> tuple[bytes | None, i
     and only if it is a regular file: whatever else is planted in the repository stays ABSENT.
     """
     try:
-        dir_fd = os.open(name.checksum[:2], _DIR_FLAGS, dir_fd=objects_fd)
+        dir_fd = os.open(name.checksum[:2], DIR_FLAGS, dir_fd=objects_fd)
         try:
-            fd = os.open(f"{name.checksum[2:]}.{name.kind.value}", _FILE_FLAGS, dir_fd=dir_fd)
+            fd = os.open(f"{name.checksum[2:]}.{name.kind.value}", FILE_FLAGS, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:

@@ -28,9 +28,9 @@ from pathlib import Path
 # Files up to this size are read whole when opened (one read beats a sendfile round); larger ones
 # are sent with sendfile or streamed.
 SMALL_FILE = 64 * 1024
-# O_NONBLOCK: opening a FIFO someone left in the repository must not hang a worker thread.
-_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
+# O_NONBLOCK: opening a FIFO someone left in the repository must not hang a thread.
+FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+DIR_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_DIRECTORY
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (added after the tables merged)
 _AT_FDCWD = -100
@@ -63,13 +63,13 @@ def cached_opener(probe: str) -> CachedOpen | None:
     syscall.argtypes = [
         ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_OpenHow), ctypes.c_size_t
     ]  # fmt: skip
-    how = _OpenHow(_FILE_FLAGS, 0, _RESOLVE_CACHED | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
+    how = _OpenHow(FILE_FLAGS, 0, _RESOLVE_CACHED | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
     # byref keeps ``how`` alive as long as the closure that holds it.
     how_ref, how_size = ctypes.byref(how), ctypes.sizeof(how)
 
     def open_cached(path: bytes) -> int:
         # The event os.open raises: audit hooks (and the tests that use one) still see every open.
-        sys.audit("open", path, None, _FILE_FLAGS)
+        sys.audit("open", path, None, FILE_FLAGS)
         fd: int = syscall(_SYS_OPENAT2, _AT_FDCWD, path, how_ref, how_size)
         if fd < 0:
             code = ctypes.get_errno()
@@ -91,10 +91,10 @@ def open_beneath(root: Path, parts: Sequence[str]) -> int:
     dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
-            next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            next_fd = os.open(part, DIR_FLAGS, dir_fd=dir_fd)
             os.close(dir_fd)
             dir_fd = next_fd
-        return os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
+        return os.open(parts[-1], FILE_FLAGS, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
 
