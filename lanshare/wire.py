@@ -34,6 +34,8 @@ from lanshare.ostree.objects import ObjectType, is_checksum
 
 VERSION = 1
 API_PREFIX = "/lanshare/v1"
+# Where a batch request is POSTed (the trees request has TREES_PATH, further down).
+OBJECTS_PATH = f"{API_PREFIX}/objects"
 MAGIC = b"LSB" + bytes([VERSION])
 BATCH_CONTENT_TYPE = "application/x-lanshare-batch+zstd"
 MAX_BATCH_OBJECTS = 1024

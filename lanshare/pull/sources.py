@@ -363,7 +363,7 @@ class PeerSource(Source):
             elif data is None:
                 outcome[name] = "not held by this peer"
 
-        url = urljoin(self.url, wire.API_PREFIX.lstrip("/") + "/objects")
+        url = urljoin(self.url, wire.OBJECTS_PATH.lstrip("/"))
         await self._stream(url, {"objects": [str(n) for n in batch]}, decoder, groups, on_record)
         outcome.update(dict.fromkeys(groups.stored))
         too_large += large

@@ -49,7 +49,7 @@ _BATCH_SLOTS = web.AppKey("lan_batch_slots", asyncio.Semaphore)
 
 # libostree's LAN finder fetches from http://HOST:PORT/<ri>/; this node publishes one repo, ri 0.
 REPO_INDEX_PREFIX = "0/"
-_POST_PATHS = frozenset({f"{wire.API_PREFIX}/objects", wire.TREES_PATH})
+_POST_PATHS = frozenset({wire.OBJECTS_PATH, wire.TREES_PATH})
 
 
 def _refusal(text: str, retry_after: int) -> web.Response:
@@ -160,7 +160,7 @@ def create_lan_app(
     app[_OPENER] = FileOpener(app[_ROOT])
     app[_BATCH_SLOTS] = asyncio.Semaphore(limits.max_batch_streams)
     app.router.add_get(f"{wire.API_PREFIX}/info", _gated(gate, _info))
-    app.router.add_post(f"{wire.API_PREFIX}/objects", _gated(gate, _objects))
+    app.router.add_post(wire.OBJECTS_PATH, _gated(gate, _objects))
     app.router.add_post(wire.TREES_PATH, _gated(gate, _trees))
     app.router.add_get("/{path:.*}", _gated(gate, _archive))
     # Last: every other method on every path (a 405 through the gate, like everything else).
