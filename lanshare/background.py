@@ -48,9 +48,9 @@ from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import PRIVATE_REF_PREFIX, refresh_summary
 from lanshare.plan import plan_from_config
 from lanshare.prune import prune
-from lanshare.pull import PlanEntry, PullOptions, SourceSpec, StaticPeers, Timeouts, TrustPolicy
+from lanshare.pull import PlanEntry, SourceSpec, StaticPeers, Timeouts
+from lanshare.pull.configured import pull_options
 from lanshare.pull.errors import SourceFailure
-from lanshare.pull.fleet import fleet_options
 from lanshare.pull.sources import probe_info
 from lanshare.retention import PinRule, RetentionPolicy
 from lanshare.server.limits import PeerStats
@@ -161,12 +161,9 @@ class Background:
         self.node_id = node_id
         self.lock = asyncio.Lock()
         self.fleet = FleetPeers(config.sharing.peers, node_id)
-        options = PullOptions(
-            trust=TrustPolicy.from_config(config.trust),
-            parallel=config.pull.parallel,
-            fleet=fleet_options(config, node_id),
-        )
-        self.follower = Follower(repo, self.plan, options, index)
+        # Also the options of the pulls ``lanshare pull`` hands to this daemon (lanshare.control).
+        self.options = pull_options(config, node_id)
+        self.follower = Follower(repo, self.plan, self.options, index)
         self.rounds = 0  # completed rounds, for tests and the status page
         # Refs the followed ones led to through checkpoint targets (os/stable → os/stable-v2):
         # a peer's newer commit on one of them is worth fetching too.

@@ -36,6 +36,7 @@ from lanshare.appkeys import (
 )
 from lanshare.background import Background
 from lanshare.config import Config, ListenAddress
+from lanshare.control.server import control_socket_ctx
 from lanshare.discovery.advertise import advertise_ctx
 from lanshare.discovery.browse import discovery_ctx
 from lanshare.errors import Error
@@ -257,6 +258,8 @@ def create_app(config: Config, new_node_id: asyncio.Event | None = None) -> web.
     # Then background work (origin poll, LAN convergence, retention), once peers can be found, and
     # the summary kept up with refs other processes change…
     app.cleanup_ctx.extend([_background, ref_watch_ctx])
+    # …the socket ``lanshare pull`` hands its pulls to (they take the rounds' lock)…
+    app.cleanup_ctx.append(control_socket_ctx)
     # …and, always last, telling systemd we are ready (and, first on shutdown, stopping).
     app.cleanup_ctx.append(_service_manager)
     return app

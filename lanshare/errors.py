@@ -24,3 +24,10 @@ class MissingObject(Error):
 
 class SignatureError(Error):
     """A commit is unsigned, signed by an unknown key, or its signature does not verify."""
+
+
+class PullError(Error):
+    """A pull could not complete; the message names what failed and why, source by source.
+
+    Here rather than in :mod:`lanshare.pull` so that ``lanshare pull`` can catch it, when the
+    daemon pulled, without importing the pull engine."""

@@ -45,8 +45,8 @@ from lanshare.index import sync
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
 from lanshare.ostree.repo_summary import refresh_summary
+from lanshare.progress import ProgressCallback
 from lanshare.pull import PullError, PullOptions, pull
-from lanshare.pull.engine import ProgressCallback
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.sources import PlanEntry, expand_plan, open_sources, why_no_sources
 from lanshare.update_path import MAX_HISTORY, PathError, RepoGraph, Step, UpdatePath, compute_path

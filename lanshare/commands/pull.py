@@ -1,98 +1,112 @@
-"""``lanshare pull``: fetch a ref or commit from peers or the origin, verified, into the repository."""
+"""``lanshare pull``: fetch a ref or commit from peers or the origin, verified, into the repository.
+
+When this machine's daemon runs on the same repository, the pull is handed to it over its control
+socket (:mod:`lanshare.control`): it has everything loaded, and its own rounds never race this
+pull on the same refs.  Otherwise this process pulls.  Either way the output is the same.  The
+imports here are the light ones: a pull the daemon runs starts in a few tens of milliseconds,
+and the pull engine (aiohttp, SQLAlchemy) is imported only when this process pulls.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
-from lanshare.context import Context
-from lanshare.ostree.repo_summary import refresh_summary
-from lanshare.plan import plan_from_config
-from lanshare.pull import ProgressUpdate, PullError, PullOptions, PullResult, TrustPolicy, pull
-from lanshare.pull.engine import ProgressCallback
-from lanshare.pull.fleet import fleet_options
+from lanshare.config import Config, load_config
+from lanshare.control import PullRequest, socket_path
+from lanshare.errors import PullError
+from lanshare.progress import ProgressCallback, pull_progress_bar
 from lanshare.units import format_size
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[ProgressCallback | None]:
-    """A progress bar on stderr (objects, bytes, rate, source) when a person is watching."""
-    if not enabled or not sys.stderr.isatty():
-        yield None
+def _report(document: dict[str, Any]) -> None:
+    commit, ref = document["commit"], document["ref"]
+    where = f"{ref} at {commit}" if ref else commit
+    by = " (pulled by the daemon)" if document.get("pulled_by") == "daemon" else ""
+    if document["up_to_date"]:
+        print(f"pull: {where}: already up to date{by}")
         return
-    from tqdm import tqdm  # only for a person watching: ~20 ms of every pull's start-up otherwise
-
-    with tqdm(desc="pull", unit="obj", leave=False) as bar:
-
-        def update(u: ProgressUpdate) -> None:
-            if bar.total != u.objects_total:
-                bar.total = u.objects_total
-            elapsed = bar.format_dict["elapsed"] or 1e-9
-            rate = format_size(int(u.bytes_done / elapsed))
-            text = f"{u.phase} {format_size(u.bytes_done)} {rate}/s from {u.source}"
-            bar.set_postfix_str(text, refresh=False)
-            bar.update(u.objects_done - bar.n)
-
-        yield update
+    previous = document["previous"]
+    moved = f" (was {previous})" if previous and previous != commit else ""
+    print(
+        f"pull: {where}{moved}: {document['objects_fetched']} objects, "
+        f"{format_size(document['bytes_fetched'])} in {document['duration_seconds']:.1f} s{by}"
+    )
+    for name, stats in document["sources"].items():
+        print(f"  {name}: {stats['objects']} objects, {format_size(stats['bytes'])}")
 
 
-def _report(result: PullResult) -> None:
-    where = f"{result.ref} at {result.commit}" if result.ref else result.commit
-    if result.up_to_date:
-        print(f"pull: {where}: already up to date")
-    else:
-        moved = f" (was {result.previous})" if result.previous and result.previous != result.commit else ""
-        print(
-            f"pull: {where}{moved}: {result.objects_fetched} objects, "
-            f"{format_size(result.bytes_fetched)} in {result.duration:.1f} s"
-        )
-        for name, stats in result.sources.items():
-            print(f"  {name}: {stats.objects} objects, {format_size(stats.bytes)}")
-
-
-def _warnings(result: PullResult) -> None:
-    for name, reason in result.abandoned.items():
+def _warnings(document: dict[str, Any]) -> None:
+    for name, reason in document["abandoned_sources"].items():
         print(f"lanshare: warning: stopped using {name}: {reason}", file=sys.stderr)
-    for rejected in result.rejected:
+    for rejected in document["rejected_commits"]:
         print(f"lanshare: warning: rejected commit {rejected}", file=sys.stderr)
 
 
-def run_pull(args: argparse.Namespace) -> int:
-    """Pull ``args.target`` and report; exit 1 when no source could provide a verified commit."""
-    ctx = Context.from_args(args)
-    config = ctx.config
+def _note(text: str) -> None:
+    print(f"lanshare: {text}", file=sys.stderr)
+
+
+def _by_daemon(
+    args: argparse.Namespace, config: Config, progress: ProgressCallback | None
+) -> dict[str, Any] | None:
+    """The daemon's pull document, or None when no daemon on this repository takes the pull."""
+    from lanshare.control.client import NoDaemon, request_pull
+
+    repo = Path(args.repo or config.repo.path).absolute()
+    request = PullRequest(args.target, str(repo), args.ref, tuple(args.sources), progress is not None)
+    try:
+        return request_pull(socket_path(config.state_dir), request, progress, _note)
+    except NoDaemon:
+        return None
+
+
+def _here(args: argparse.Namespace, config: Config, progress: ProgressCallback | None) -> dict[str, Any]:
+    """Pull in this process; the ``--json`` document."""
+    import asyncio
+
+    from lanshare.context import Context
+    from lanshare.plan import plan_from_config
+    from lanshare.pull import pull
+    from lanshare.pull.configured import pull_options, record_pull
+
+    ctx = Context(config, args.repo)
     plan = plan_from_config(config, args.sources)
     repo = ctx.repo
     # A bare --repo with no config file has no state directory to keep an index in.
     index = ctx.index if config.files or args.repo is None else None
-    options = PullOptions(
-        trust=TrustPolicy.from_config(config.trust),
-        parallel=config.pull.parallel,
-        fleet=fleet_options(config),
+    result = asyncio.run(
+        pull(
+            repo,
+            args.target,
+            plan,
+            ref=args.ref,
+            options=pull_options(config),
+            index=index,
+            progress=progress,
+        )
     )
+    record_pull(repo, index, result, regenerate_summary=config.repo.regenerate_summary)
+    return {**result.to_json(), "pulled_by": "command"}
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Pull ``args.target`` and report; exit 1 when no source could provide a verified commit."""
+    config = load_config(args.config)
     try:
-        with _progress(not args.json) as progress:
-            result = asyncio.run(
-                pull(repo, args.target, plan, ref=args.ref, options=options, index=index, progress=progress)
-            )
+        with pull_progress_bar(not args.json) as progress:
+            document = _by_daemon(args, config, progress) or _here(args, config, progress)
     except PullError as e:
         if not args.json:
             raise
         print_json({"target": args.target, "ref": args.ref, "error": str(e)})
         return EXIT_FAILURE
-    if not result.up_to_date:
-        refresh_summary(repo, regenerate=config.repo.regenerate_summary)
-        if index is not None:
-            from lanshare.index import sync
-
-            sync.record_commits(index, repo, [result.commit], result.ref)
-    _warnings(result)
+    _warnings(document)
     if args.json:
-        print_json(result.to_json())
+        print_json(document)
     else:
-        _report(result)
+        _report(document)
     return EXIT_OK

@@ -10,15 +10,14 @@ import sys
 from functools import partial
 
 from lanshare.cli import print_json
-from lanshare.commands.pull import _progress
 from lanshare.context import Context
 from lanshare.deploy.owner import Identity
 from lanshare.deploy.reboot import reboot
 from lanshare.errors import Error, UsageError
 from lanshare.ostree.objects import is_checksum
 from lanshare.plan import plan_from_config
-from lanshare.pull import PullOptions, TrustPolicy
-from lanshare.pull.fleet import fleet_options
+from lanshare.progress import pull_progress_bar
+from lanshare.pull.configured import pull_options
 from lanshare.update_path import Step
 from lanshare.upgrade import (
     EXIT_FAILED,
@@ -128,13 +127,13 @@ def _upgrade(ctx: Context, args: argparse.Namespace, identity: Identity) -> Upgr
     # A bare --repo with no config file has no state directory to keep an index in (as lanshare pull).
     index = ctx.index if config.files or args.repo is None else None
     json_output: bool = args.json
-    options = PullOptions(
-        trust=TrustPolicy.from_config(config.trust),
-        parallel=config.pull.parallel,
-        fleet=fleet_options(config),
-    )
     fetcher = Fetcher(
-        ctx.repo, plan_from_config(config), options, index, partial(_progress, not json_output), _warn
+        ctx.repo,
+        plan_from_config(config),
+        pull_options(config),
+        index,
+        partial(pull_progress_bar, not json_output),
+        _warn,
     )
     show = (lambda step, left: None) if json_output else _show_step
     return Upgrade(fetcher, config.upgrade, show, partial(_relay, json_output), _warn, identity)

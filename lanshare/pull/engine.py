@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import aiohttp
 from sqlalchemy import Engine
@@ -31,6 +31,7 @@ from lanshare import wire
 from lanshare.errors import CorruptObject, Error, MissingObject, UsageError
 from lanshare.ostree.objects import Commit, ObjectType, is_checksum
 from lanshare.ostree.repo import Repo, validate_ref
+from lanshare.progress import Phase, ProgressCallback, ProgressUpdate
 from lanshare.pull.errors import CommitRejected, LocalWriteError, PullError, SourceFailure
 from lanshare.pull.fleet import Fleet, FleetOptions
 from lanshare.pull.http import Timeouts
@@ -59,8 +60,6 @@ SPREAD_MIN_OBJECTS = 64
 _TIE_BREAK_DEPTH = 10_000
 _SPREAD_MIN_BATCH = 16
 
-Phase = Literal["metadata", "content"]
-
 
 @dataclass(frozen=True)
 class PullOptions:
@@ -72,20 +71,6 @@ class PullOptions:
     # This node's place among LAN machines pulling the same commit (lanshare.pull.fleet); None:
     # fetch alone (no node id, or ``[pull] coordinate = false``).
     fleet: FleetOptions | None = None
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    """Where a pull stands, after each object stored."""
-
-    phase: Phase
-    objects_done: int
-    objects_total: int | None  # None while the tree walk has not found every object yet
-    bytes_done: int
-    source: str
-
-
-ProgressCallback = Callable[[ProgressUpdate], None]
 
 
 @dataclass

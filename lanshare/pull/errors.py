@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from lanshare.errors import Error
+from lanshare.errors import PullError
 
-
-class PullError(Error):
-    """A pull could not complete; the message names what failed and why, source by source."""
+__all__ = ["CommitRejected", "LocalWriteError", "PullError", "SourceFailure"]
 
 
 class CommitRejected(PullError):

@@ -1,0 +1,96 @@
+"""The daemon's control socket: where ``lanshare pull`` hands its work to the running daemon.
+
+Why: on a machine whose ``lanshare serve`` runs, the daemon already holds the repository, the
+index, the peer table and a warm interpreter.  A pull it runs costs no start-up (a Python process
+spends ~0.5 s importing aiohttp and SQLAlchemy before it fetches anything), is seen by the LAN
+as this node's fetch (one download per LAN), and never races the daemon's own rounds on the
+same refs, because both take the daemon's pull lock.
+
+The socket is a Unix socket ``control.sock`` in the state directory, mode 0600: only the user the
+daemon runs as (and root) can connect, the same people who can write its repository.  It is not
+on the LAN and not on the status listener, which stay read-only.
+
+Protocol (HTTP/1.1 on the socket): ``POST /v1/pull`` with a JSON :class:`PullRequest`; the answer
+is ``409`` when this daemon serves another repository (the CLI then pulls itself), ``400`` for a
+malformed request, else ``200`` and newline-delimited JSON, one object per line: ``{"progress":
+{…}}`` (when asked for), ``{"note": "…"}``, then exactly one of ``{"result": {…}}`` (the
+``lanshare pull --json`` document) or ``{"error": "…", "kind": "usage"|"failure"}``.
+
+This module is imported by the CLI before it knows whether a daemon runs: stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SOCKET_NAME = "control.sock"
+PULL_PATH = "/v1/pull"
+# sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def socket_path(state_dir: Path) -> Path:
+    """Where the daemon using ``state_dir`` listens for control requests."""
+    return state_dir / SOCKET_NAME
+
+
+@contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """A name for the socket at ``path`` that fits in a ``sockaddr_un``, for bind() or connect().
+
+    ``path`` itself when short enough; else the same file through an open descriptor of its
+    directory (``/proc/self/fd/N/control.sock``), which Linux resolves like any path, so a deep
+    state directory still gets its socket.
+    """
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield os.fspath(path)
+        return
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{path.name}"
+    finally:
+        os.close(directory)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """What ``lanshare pull`` asks the daemon to pull, into which repository."""
+
+    target: str
+    repo: str  # the repository the CLI would pull into: the daemon refuses (409) if not its own
+    ref: str | None = None
+    sources: tuple[str, ...] = field(default=())
+    progress: bool = False  # whether to send progress lines (a person watches a terminal)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "repo": self.repo,
+            "ref": self.ref,
+            "sources": list(self.sources),
+            "progress": self.progress,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> PullRequest:
+        """The request a client sent; ValueError says what is wrong with a malformed one."""
+        if not isinstance(data, dict):
+            raise ValueError("the request must be a JSON object")
+        target, repo, ref = data.get("target"), data.get("repo"), data.get("ref")
+        sources, progress = data.get("sources", []), data.get("progress", False)
+        if not isinstance(target, str) or not target:
+            raise ValueError("target: a ref or commit checksum is required")
+        if not isinstance(repo, str) or not repo:
+            raise ValueError("repo: the repository path is required")
+        if ref is not None and not isinstance(ref, str):
+            raise ValueError("ref: must be a string")
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise ValueError("sources: must be a list of URLs")
+        if not isinstance(progress, bool):
+            raise ValueError("progress: must be true or false")
+        return cls(target, repo, ref, tuple(sources), progress)

@@ -1,0 +1,185 @@
+"""The daemon's side of the control socket: run the pulls ``lanshare pull`` hands over.
+
+A ``cleanup_ctx`` entry of the daemon application, started once background work is up (it takes
+the same pull lock as the daemon's rounds) and stopped first.  Each request runs one pull on the
+daemon's event loop, with the daemon's repository, index, peers and pull options; a client that
+goes away (Ctrl-C) cancels its pull, which leaves only verified objects, as any cut-short pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+
+from lanshare import appkeys as daemon
+from lanshare.control import PULL_PATH, PullRequest, socket_address, socket_path
+from lanshare.errors import Error, UsageError
+from lanshare.plan import plan_from_config
+from lanshare.progress import ProgressUpdate
+from lanshare.pull import pull
+from lanshare.pull.configured import record_pull
+
+log = logging.getLogger(__name__)
+
+DAEMON_APP = web.AppKey("daemon_app", web.Application)
+# A request is a few hundred bytes of JSON.
+MAX_REQUEST_BYTES = 64 * 1024
+# How often a progress line goes out while objects arrive (a bar redraws about this often).
+PROGRESS_INTERVAL = 0.1
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def control_socket_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Daemon ``cleanup_ctx`` entry: serve pull requests on ``<state_dir>/control.sock``."""
+    path = socket_path(app[daemon.CONFIG].state_dir)
+    sock = await asyncio.to_thread(_listen, path)
+    control = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    control[DAEMON_APP] = app
+    control.router.add_post(PULL_PATH, _pull)
+    # handler_cancellation: a client that disconnects (lanshare pull interrupted) stops its pull.
+    runner = web.AppRunner(control, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        log.info("control socket on %s (lanshare pull hands its pulls to this daemon)", path)
+        yield
+    finally:
+        await runner.cleanup()
+        sock.close()
+        with suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _listen(path: Path) -> socket.socket:
+    """A listening socket at ``path``, mode 0600, after removing one a dead daemon left (blocking)."""
+    with socket_address(path) as address:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(address)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # none, or a dead daemon's
+        else:
+            raise daemon.DaemonError(
+                f"another lanshare daemon uses the state directory {path.parent} (its control socket answers)"
+            )
+        finally:
+            probe.close()
+        with suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+            # Before listen(): until then a connection is refused, so no one connects while it is open.
+            os.chmod(path, 0o600)
+            sock.listen(16)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise daemon.DaemonError(f"cannot open the control socket {path}: {e.strerror or e}") from e
+    return sock
+
+
+def _same_repo(asked: str, served: Path) -> bool:
+    try:
+        return os.path.samefile(asked, served)
+    except OSError:
+        return False
+
+
+async def _pull(request: web.Request) -> web.StreamResponse:
+    app = request.app[DAEMON_APP]
+    try:
+        asked = PullRequest.from_json(await request.json())
+    except ValueError as e:
+        return web.json_response({"error": f"bad pull request: {e}"}, status=400)
+    repo = app[daemon.REPO]
+    if not await asyncio.to_thread(_same_repo, asked.repo, repo.path):
+        error = f"this daemon serves {repo.path}, not {asked.repo}"
+        return web.json_response({"error": error}, status=409)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    async def send(message: dict[str, Any]) -> None:
+        await response.write(json.dumps(message).encode() + b"\n")
+
+    try:
+        result = await _run(app, asked, send)
+    except UsageError as e:
+        await send({"error": str(e), "kind": "usage"})
+    except Error as e:
+        log.warning("pull of %s asked by lanshare pull failed: %s", asked.target, e)
+        await send({"error": str(e), "kind": "failure"})
+    else:
+        await send({"result": result})
+    await response.write_eof()
+    return response
+
+
+async def _run(app: web.Application, asked: PullRequest, send: Send) -> dict[str, Any]:
+    """Pull as the daemon's rounds do, under their lock; the ``lanshare pull --json`` document."""
+    config, repo, index = app[daemon.CONFIG], app[daemon.REPO], app[daemon.INDEX]
+    background = app[daemon.BACKGROUND]
+    plan = plan_from_config(config, asked.sources) if asked.sources else background.plan()
+    latest = _Latest()
+    sender = asyncio.create_task(_send_progress(latest, send)) if asked.progress else None
+    try:
+        if background.lock.locked():
+            await send({"note": "waiting for the daemon's own pull to finish"})
+        async with background.lock:
+            log.info("pulling %s, as lanshare pull asked", asked.target)
+            result = await pull(
+                repo,
+                asked.target,
+                plan,
+                ref=asked.ref,
+                options=background.options,
+                index=index,
+                progress=latest if sender is not None else None,
+            )
+            try:
+                regenerate = config.repo.regenerate_summary
+                await asyncio.to_thread(record_pull, repo, index, result, regenerate_summary=regenerate)
+            except (Error, SQLAlchemyError) as e:
+                # The commit is in the repository and verified; the ref watch and the next round
+                # catch the summary and the index up.
+                log.error("after the pull of %s: %s", asked.target, e)
+                await send({"note": f"pulled, but the summary or index lags: {e}"})
+    finally:
+        if sender is not None:
+            sender.cancel()
+            with suppress(asyncio.CancelledError):
+                await sender
+    document = result.to_json()
+    document["pulled_by"] = "daemon"
+    return document
+
+
+class _Latest:
+    """The progress callback: keeps only the newest update (the pull calls it once per object)."""
+
+    def __init__(self) -> None:
+        self.update: ProgressUpdate | None = None
+
+    def __call__(self, update: ProgressUpdate) -> None:
+        self.update = update
+
+
+async def _send_progress(latest: _Latest, send: Send) -> None:
+    """Every PROGRESS_INTERVAL, the newest update if it changed (not one line per object)."""
+    sent: ProgressUpdate | None = None
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        if latest.update is not None and latest.update != sent:
+            sent = latest.update
+            await send({"progress": sent.to_json()})
