@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from lanshare import daemon
-from lanshare.control import PullRequest, socket_path
+from lanshare.config import load_config
+from lanshare.control import PullRequest, pull_settings, socket_path
 from lanshare.control.client import NoDaemon, request_pull
 from lanshare.errors import PullError
 from lanshare.ostree.repo import Repo
@@ -91,11 +92,19 @@ def _serve(base: Path, repo: Path, sharing: str = "") -> Serve:
     return Serve(proc, config, state, repo, log)
 
 
-def _pull(config: Path, state: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+def _request(server: Serve, sources: tuple[str, ...]) -> PullRequest:
+    """What ``lanshare pull --config <the server's> --from SOURCES`` asks its daemon, progress on."""
+    settings = pull_settings(load_config(server.config, _env(server.state)))
+    return PullRequest(REF, str(server.repo), settings, sources=sources, progress=True)
+
+
+def _pull(
+    config: Path, state: Path, *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lanshare.cli", "pull", "--config", str(config), *map(str, args)],
         cwd=SOURCE_ROOT,
-        env=_env(state),
+        env={**_env(state), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -179,6 +188,13 @@ def test_without_a_daemon_or_for_another_repository_the_command_pulls_itself(
     assert json.loads(result.stdout)["pulled_by"] == "command"
     assert Repo.open(other).read_ref(REF) == published[1]
     assert Repo.open(client.repo).read_ref(REF) is None  # the daemon's repository was not touched
+    # A setting the daemon does not share (here from the environment): the command pulls itself,
+    # with what it read, into the same repository.
+    other_settings = {"LANSHARE_PULL_PARALLEL": "2"}
+    result = _pull(client.config, client.state, "--from", source, REF, "--json", env=other_settings)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["pulled_by"] == "command"
+    assert Repo.open(client.repo).read_ref(REF) == published[1]
     # A socket a killed daemon left behind: nobody answers it, so the command pulls itself.
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -221,7 +237,7 @@ def test_the_socket_is_for_the_daemons_user_only_and_guards_its_state_directory(
 
 def test_progress_is_streamed_while_the_daemon_pulls(client: Serve, origin: Serve) -> None:
     updates: list[ProgressUpdate] = []
-    request = PullRequest(REF, str(client.repo), sources=(origin.url,), progress=True)
+    request = _request(client, (origin.url,))
     document = request_pull(socket_path(client.state), request, updates.append)
     assert document["pulled_by"] == "daemon" and document["objects_fetched"] > 0
     assert len(updates) >= 3  # 1 MB at 200 KB/s, one update every 0.1 s
@@ -279,12 +295,12 @@ def _transfers(server: Serve, state: str) -> list[Any]:
 
 def test_the_client_raises_no_daemon_when_nothing_listens(tmp_path: Path) -> None:
     with pytest.raises(NoDaemon):
-        request_pull(socket_path(tmp_path), PullRequest(REF, str(tmp_path / "repo")))
+        request_pull(socket_path(tmp_path), PullRequest(REF, str(tmp_path / "repo"), "settings"))
 
 
 def test_a_daemon_that_dies_mid_pull_is_a_pull_error(tmp_path: Path, origin: Serve) -> None:
     doomed = _serve(tmp_path / "doomed", tmp_path / "doomed" / "repo")
-    request = PullRequest(REF, str(doomed.repo), sources=(origin.url,), progress=True)
+    request = _request(doomed, (origin.url,))
 
     def kill_on_first_update(update: ProgressUpdate) -> None:
         if doomed.proc.poll() is None:

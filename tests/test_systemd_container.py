@@ -206,6 +206,19 @@ def test_the_daemon_runs_hardened_under_systemd_and_stops_cleanly(container: Con
     time.sleep(5)
     assert container.show("lanshare.service", "ActiveState") == "active"
     assert container.show("lanshare.service", "NRestarts") == "0"
+    # Root's `lanshare pull` is handed to the hardened daemon over its control socket, which only
+    # the daemon's user (and root) may use; what it pulls belongs to the daemon's user.
+    socket = container.run("stat", "-c", "%U %a %F", "/var/lib/lanshare/control.sock").stdout.split()
+    assert socket[:2] == ["lanshare", "600"] and "socket" in socket[2:], socket
+    python = f"{PYTHON}/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    pulled = container.run(
+        "env", f"PYTHONPATH={SOURCE}", f"LD_LIBRARY_PATH={PYTHON}/lib",
+        python, "-m", "lanshare.cli", "pull", "os/stable", "--json",
+    )  # fmt: skip
+    document = json.loads(pulled.stdout)
+    assert document["pulled_by"] == "daemon" and document["ref"] == "os/stable", pulled
+    owned = container.run("find", "/var/lib/lanshare", "-not", "-user", "lanshare").stdout.split()
+    assert owned == []
 
     container.run("systemctl", "stop", "lanshare.service")  # SIGTERM
     assert container.show("lanshare.service", "Result") == "success"

@@ -16,7 +16,7 @@ from typing import Any
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.config import Config, load_config
-from lanshare.control import PullRequest, socket_path
+from lanshare.control import PullRequest, pull_settings, socket_path
 from lanshare.errors import PullError
 from lanshare.progress import ProgressCallback, pull_progress_bar
 from lanshare.units import format_size
@@ -57,7 +57,8 @@ def _by_daemon(
     from lanshare.control.client import NoDaemon, request_pull
 
     repo = Path(args.repo or config.repo.path).absolute()
-    request = PullRequest(args.target, str(repo), args.ref, tuple(args.sources), progress is not None)
+    sources, watched = tuple(args.sources), progress is not None
+    request = PullRequest(args.target, str(repo), pull_settings(config), args.ref, sources, watched)
     try:
         return request_pull(socket_path(config.state_dir), request, progress, _note)
     except NoDaemon:

@@ -10,8 +10,14 @@ The socket is a Unix socket ``control.sock`` in the state directory, mode 0600: 
 daemon runs as (and root) can connect, the same people who can write its repository.  It is not
 on the LAN and not on the status listener, which stay read-only.
 
+The daemon pulls with its own configuration, so it takes a pull only when the command's
+configuration says the same about pulling (:func:`pull_settings`): an admin who edited the file
+and did not restart the daemon, or who overrides a setting in the environment, gets a pull by
+the command, with what it read, as before.
+
 Protocol (HTTP/1.1 on the socket): ``POST /v1/pull`` with a JSON :class:`PullRequest`; the answer
-is ``409`` when this daemon serves another repository (the CLI then pulls itself), ``400`` for a
+is ``409`` when this daemon serves another repository or pulls with other settings (the CLI
+then pulls itself), ``400`` for a
 malformed request, else ``200`` and newline-delimited JSON, one object per line: ``{"progress":
 {…}}`` (when asked for), ``{"note": "…"}``, then exactly one of ``{"result": {…}}`` (the
 ``lanshare pull --json`` document) or ``{"error": "…", "kind": "usage"|"failure"}``.
@@ -21,17 +27,29 @@ This module is imported by the CLI before it knows whether a daemon runs: stdlib
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lanshare.config import Config
 
 SOCKET_NAME = "control.sock"
 PULL_PATH = "/v1/pull"
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
+
+
+def pull_settings(config: Config) -> str:
+    """A digest of what in ``config`` decides how a pull goes: where it stores and indexes, what it
+    trusts, where it fetches from, how.  Two processes with the same digest pull the same way."""
+    sections = (config.repo, config.database, config.trust, config.origin, config.pull, config.sharing)
+    # The sections are frozen dataclasses of plain values: their repr is their content.
+    return hashlib.sha256(repr(sections).encode()).hexdigest()
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -63,6 +81,7 @@ class PullRequest:
 
     target: str
     repo: str  # the repository the CLI would pull into: the daemon refuses (409) if not its own
+    settings: str  # the command's pull_settings(): the daemon refuses (409) if not its own
     ref: str | None = None
     sources: tuple[str, ...] = field(default=())
     progress: bool = False  # whether to send progress lines (a person watches a terminal)
@@ -71,6 +90,7 @@ class PullRequest:
         return {
             "target": self.target,
             "repo": self.repo,
+            "settings": self.settings,
             "ref": self.ref,
             "sources": list(self.sources),
             "progress": self.progress,
@@ -82,15 +102,18 @@ class PullRequest:
         if not isinstance(data, dict):
             raise ValueError("the request must be a JSON object")
         target, repo, ref = data.get("target"), data.get("repo"), data.get("ref")
+        settings = data.get("settings")
         sources, progress = data.get("sources", []), data.get("progress", False)
         if not isinstance(target, str) or not target:
             raise ValueError("target: a ref or commit checksum is required")
         if not isinstance(repo, str) or not repo:
             raise ValueError("repo: the repository path is required")
+        if not isinstance(settings, str):
+            raise ValueError("settings: the digest of the pull settings is required")
         if ref is not None and not isinstance(ref, str):
             raise ValueError("ref: must be a string")
         if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
             raise ValueError("sources: must be a list of URLs")
         if not isinstance(progress, bool):
             raise ValueError("progress: must be true or false")
-        return cls(target, repo, ref, tuple(sources), progress)
+        return cls(target, repo, settings, ref, tuple(sources), progress)

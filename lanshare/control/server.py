@@ -22,7 +22,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from lanshare import appkeys as daemon
-from lanshare.control import PULL_PATH, PullRequest, socket_address, socket_path
+from lanshare.control import PULL_PATH, PullRequest, pull_settings, socket_address, socket_path
 from lanshare.errors import Error, UsageError
 from lanshare.plan import plan_from_config
 from lanshare.progress import ProgressUpdate
@@ -106,6 +106,9 @@ async def _pull(request: web.Request) -> web.StreamResponse:
     repo = app[daemon.REPO]
     if not await asyncio.to_thread(_same_repo, asked.repo, repo.path):
         error = f"this daemon serves {repo.path}, not {asked.repo}"
+        return web.json_response({"error": error}, status=409)
+    if asked.settings != pull_settings(app[daemon.CONFIG]):
+        error = "this daemon pulls with other settings (a changed config file, or the environment)"
         return web.json_response({"error": error}, status=409)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
