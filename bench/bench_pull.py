@@ -291,6 +291,8 @@ class _Runner:
         if way.key != DAEMON_WAY:
             return repo, lambda: run_timed(cmd, env)
         daemon = self._client_daemon(repo, env)
+        # The command reads the daemon's own config file: with another, it would pull itself.
+        cmd[cmd.index("--config") + 1] = daemon.config
 
         def handed_to_daemon() -> Run:
             # The command's wall; the CPU of the command, the daemon and its store workers (reaped
@@ -333,7 +335,6 @@ class _Runner:
         if way.key in ("lanshare", DAEMON_WAY):
             shutil.copyfile(self.index_template, run_dir / "index.sqlite")
             config = run_dir / "lanshare.toml"
-            # The daemon way's command reads the same file (for the state directory) as its daemon.
             config.write_text(f'[repo]\npath = "{repo}"\n{self._client_config(repo)}')
             cmd: list[str | Path] = [*self.tools.lanshare, "pull", BRANCH, "--from", url, "--config", config]
             return repo, cmd, dict(self.tools.env)
