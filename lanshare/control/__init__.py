@@ -15,12 +15,13 @@ configuration says the same about pulling (:func:`pull_settings`): an admin who 
 and did not restart the daemon, or who overrides a setting in the environment, gets a pull by
 the command, with what it read, as before.
 
-Protocol (HTTP/1.1 on the socket): ``POST /v1/pull`` with a JSON :class:`PullRequest`; the answer
-is ``409`` when this daemon serves another repository or pulls with other settings (the CLI
-then pulls itself), ``400`` for a
-malformed request, else ``200`` and newline-delimited JSON, one object per line: ``{"progress":
-{…}}`` (when asked for), ``{"note": "…"}``, then exactly one of ``{"result": {…}}`` (the
-``lanshare pull --json`` document) or ``{"error": "…", "kind": "usage"|"failure"}``.
+Protocol: JSON lines, one object per line, both ways.  The command sends one
+:class:`PullRequest`; the daemon answers ``{"refused": "…"}`` when it serves another repository
+or pulls with other settings (the command then pulls itself), else ``{"progress": {…}}`` lines
+(when asked for) and ``{"note": "…"}`` lines, then exactly one of ``{"result": {…}}`` (the
+``lanshare pull --json`` document) or ``{"error": "…", "kind": "usage"|"failure"}``.  The command
+closing its end (Ctrl-C) cancels the pull.  No HTTP: nothing but these two programs speaks on
+the socket, and the command then imports neither an HTTP client nor an email parser.
 
 This module is imported by the CLI before it knows whether a daemon runs: stdlib only.
 """
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from lanshare.config import Config
 
 SOCKET_NAME = "control.sock"
-PULL_PATH = "/v1/pull"
+# A request is a few hundred bytes of JSON; a longer line is refused.
+MAX_REQUEST_BYTES = 64 * 1024
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
 

@@ -1,9 +1,10 @@
 """The daemon's side of the control socket: run the pulls ``lanshare pull`` hands over.
 
 A ``cleanup_ctx`` entry of the daemon application, started once background work is up (it takes
-the same pull lock as the daemon's rounds) and stopped first.  Each request runs one pull on the
-daemon's event loop, with the daemon's repository, index, peers and pull options; a client that
-goes away (Ctrl-C) cancels its pull, which leaves only verified objects, as any cut-short pull.
+the same pull lock as the daemon's rounds) and stopped first.  Each connection runs one pull on
+the daemon's event loop, with the daemon's repository, index, peers and pull options; a command
+that goes away (Ctrl-C) cancels its pull, which leaves only verified objects, as any cut-short
+pull.  The protocol is in :mod:`lanshare.control`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
 from lanshare import appkeys as daemon
-from lanshare.control import PULL_PATH, PullRequest, pull_settings, socket_address, socket_path
+from lanshare.control import MAX_REQUEST_BYTES, PullRequest, pull_settings, socket_address, socket_path
 from lanshare.errors import Error, UsageError
 from lanshare.plan import plan_from_config
 from lanshare.progress import ProgressUpdate
@@ -31,11 +32,10 @@ from lanshare.pull.configured import record_pull
 
 log = logging.getLogger(__name__)
 
-DAEMON_APP = web.AppKey("daemon_app", web.Application)
-# A request is a few hundred bytes of JSON.
-MAX_REQUEST_BYTES = 64 * 1024
 # How often a progress line goes out while objects arrive (a bar redraws about this often).
 PROGRESS_INTERVAL = 0.1
+# At shutdown, how long pulls in flight get to end after being cancelled.
+SHUTDOWN_TIMEOUT = 5.0
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -44,19 +44,31 @@ async def control_socket_ctx(app: web.Application) -> AsyncIterator[None]:
     """Daemon ``cleanup_ctx`` entry: serve pull requests on ``<state_dir>/control.sock``."""
     path = socket_path(app[daemon.CONFIG].state_dir)
     sock = await asyncio.to_thread(_listen, path)
-    control = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    control[DAEMON_APP] = app
-    control.router.add_post(PULL_PATH, _pull)
-    # handler_cancellation: a client that disconnects (lanshare pull interrupted) stops its pull.
-    runner = web.AppRunner(control, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+    connections: set[asyncio.Task[None]] = set()
+
+    async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.add(task)
+        try:
+            await _serve_connection(app, reader, writer)
+        finally:
+            connections.discard(task)
+
     try:
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-        log.info("control socket on %s (lanshare pull hands its pulls to this daemon)", path)
+        server = await asyncio.start_unix_server(connected, sock=sock, limit=MAX_REQUEST_BYTES)
+    except BaseException:
+        sock.close()
+        raise
+    log.info("control socket on %s (lanshare pull hands its pulls to this daemon)", path)
+    try:
         yield
     finally:
-        await runner.cleanup()
-        sock.close()
+        server.close()  # closes the listening socket
+        for task in list(connections):
+            task.cancel()
+        if connections:
+            await asyncio.wait(list(connections), timeout=SHUTDOWN_TIMEOUT)
         with suppress(FileNotFoundError):
             path.unlink()
 
@@ -97,36 +109,69 @@ def _same_repo(asked: str, served: Path) -> bool:
         return False
 
 
-async def _pull(request: web.Request) -> web.StreamResponse:
-    app = request.app[DAEMON_APP]
-    try:
-        asked = PullRequest.from_json(await request.json())
-    except ValueError as e:
-        return web.json_response({"error": f"bad pull request: {e}"}, status=400)
-    repo = app[daemon.REPO]
-    if not await asyncio.to_thread(_same_repo, asked.repo, repo.path):
-        error = f"this daemon serves {repo.path}, not {asked.repo}"
-        return web.json_response({"error": error}, status=409)
-    if asked.settings != pull_settings(app[daemon.CONFIG]):
-        error = "this daemon pulls with other settings (a changed config file, or the environment)"
-        return web.json_response({"error": error}, status=409)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
+async def _serve_connection(
+    app: web.Application, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """One command's pull: read its request, refuse it or run it, answer, close."""
 
     async def send(message: dict[str, Any]) -> None:
-        await response.write(json.dumps(message).encode() + b"\n")
+        writer.write(json.dumps(message).encode() + b"\n")
+        await writer.drain()
 
     try:
-        result = await _run(app, asked, send)
+        try:
+            asked = PullRequest.from_json(json.loads(await reader.readline()))
+        except ValueError as e:  # also a line over the limit
+            await send({"error": f"bad pull request: {e}", "kind": "failure"})
+            return
+        if refusal := await _refusal(app, asked):
+            await send({"refused": refusal})
+            return
+        await _pull_while_connected(app, asked, reader, send)
+    except (ConnectionError, BrokenPipeError):
+        pass  # the command went away; its pull, if any, was cancelled
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def _refusal(app: web.Application, asked: PullRequest) -> str | None:
+    """Why this daemon should not run ``asked`` (the command then pulls itself), or None."""
+    repo = app[daemon.REPO]
+    if not await asyncio.to_thread(_same_repo, asked.repo, repo.path):
+        return f"this daemon serves {repo.path}, not {asked.repo}"
+    if asked.settings != pull_settings(app[daemon.CONFIG]):
+        return "this daemon pulls with other settings (a changed config file, or the environment)"
+    return None
+
+
+async def _pull_while_connected(
+    app: web.Application, asked: PullRequest, reader: asyncio.StreamReader, send: Send
+) -> None:
+    """Run the pull until it ends or the command hangs up (then cancel it); send how it ended."""
+    pulling = asyncio.create_task(_run(app, asked, send), name=f"pull of {asked.target} for lanshare pull")
+    # The command sends nothing more: end of file means it went away.
+    hangup = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait({pulling, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the daemon stops
+        hangup.cancel()
+        if not pulling.done():
+            pulling.cancel()
+            await asyncio.wait({pulling})  # its clean-up (the transfer marked failed) runs first
+    if pulling.cancelled():
+        log.info("pull of %s cancelled: lanshare pull went away", asked.target)
+        return
+    try:
+        document = pulling.result()
     except UsageError as e:
         await send({"error": str(e), "kind": "usage"})
     except Error as e:
         log.warning("pull of %s asked by lanshare pull failed: %s", asked.target, e)
         await send({"error": str(e), "kind": "failure"})
     else:
-        await send({"result": result})
-    await response.write_eof()
-    return response
+        await send({"result": document})
 
 
 async def _run(app: web.Application, asked: PullRequest, send: Send) -> dict[str, Any]:
