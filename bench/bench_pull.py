@@ -290,9 +290,8 @@ class _Runner:
         repo, cmd, env = self.command(way, url, round_no)
         if way.key != DAEMON_WAY:
             return repo, lambda: run_timed(cmd, env)
-        daemon = self._client_daemon(repo, env)
-        # The command reads the daemon's own config file: with another, it would pull itself.
-        cmd[cmd.index("--config") + 1] = daemon.config
+        daemon = self.start_client_daemon(repo, cmd, env)
+        daemon.wait_until_listening()
 
         def handed_to_daemon() -> Run:
             # The command's wall; the CPU of the command, the daemon and its store workers (reaped
@@ -308,11 +307,15 @@ class _Runner:
 
         return repo, handed_to_daemon
 
-    def _client_daemon(self, repo: Path, env: dict[str, str] | None) -> LanshareServer:
-        """The client machine's own ``lanshare serve``, started (not timed) on its empty repository."""
+    def start_client_daemon(
+        self, repo: Path, cmd: list[str | Path], env: dict[str, str] | None
+    ) -> LanshareServer:
+        """Start the client machine's own ``lanshare serve`` on its empty repository (not timed; the
+        caller waits for it), and point the client's ``cmd`` and ``env`` at it."""
         assert env is not None
         daemon = LanshareServer(repo, repo.parent / "daemon", self.tools.env, self._client_config(repo))
-        daemon.wait_until_listening()
+        # The command reads the daemon's own config file: with another, it would pull itself.
+        cmd[cmd.index("--config") + 1] = daemon.config
         env["LANSHARE_STATE_DIR"] = str(daemon.state)
         return daemon
 
