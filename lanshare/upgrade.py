@@ -37,6 +37,7 @@ import aiohttp
 from sqlalchemy import Engine
 
 from lanshare.config import UpgradeConfig
+from lanshare.control.client import DaemonPulls
 from lanshare.deploy.deployed import Deployed, parse_status
 from lanshare.deploy.ostree_admin import OstreeAdmin
 from lanshare.deploy.owner import Identity
@@ -190,6 +191,9 @@ class Fetcher:
     progress: ProgressFactory
     warn: Notify
     tried: set[str] = field(default_factory=set)  # refs and commits already asked for in this run
+    # This machine's daemon, which runs the pulls when it takes them (as for ``lanshare pull``):
+    # its rounds and this run then never fetch the same objects at once.
+    daemon: DaemonPulls | None = None
 
     @property
     def has_sources(self) -> bool:
@@ -197,7 +201,14 @@ class Fetcher:
         return bool(expand_plan(self.plan))
 
     async def pull(self, target: str) -> None:
-        """Pull a ref's head or a commit with its whole closure, verified by the pull engine."""
+        """Pull a ref's head or a commit with its whole closure, verified by the pull engine: the
+        daemon's when it takes the pull, else this process's."""
+        if self.daemon is not None:
+            with self.progress() as progress:
+                handed = await asyncio.to_thread(self.daemon.pull, target, progress=progress)
+            if handed is not None:
+                return
+            self.daemon = None  # no daemon takes it: this run pulls itself from now on
         with self.progress() as progress:
             result = await pull(
                 self.repo, target, self.plan, options=self.options, index=self.index, progress=progress

@@ -59,20 +59,21 @@ def _env(state: Path) -> dict[str, str]:
     return {**os.environ, "LANSHARE_STATE_DIR": str(state)}
 
 
-def _write_config(base: Path, repo: Path, sharing: str = "") -> Path:
-    """A config for ``repo``: unsigned commits accepted, nothing on mDNS, listeners on free ports."""
+def _write_config(base: Path, repo: Path, sharing: str = "", more: str = "") -> Path:
+    """A config for ``repo``: unsigned commits accepted, nothing on mDNS, listeners on free ports;
+    ``sharing`` goes into ``[sharing]``, ``more`` (whole tables) after it."""
     config = base / "lanshare.toml"
     config.write_text(
         f'[repo]\npath = "{repo}"\n[trust]\nrequire_signatures = false\n'
         f'[sharing]\nlisten = "127.0.0.1:0"\nadvertise = false\ndiscovery = false\n{sharing}'
-        '[status]\nlisten = "127.0.0.1:0"\n'
+        f'[status]\nlisten = "127.0.0.1:0"\n{more}'
     )
     return config
 
 
-def _serve(base: Path, repo: Path, sharing: str = "") -> Serve:
+def _serve(base: Path, repo: Path, sharing: str = "", more: str = "") -> Serve:
     base.mkdir(parents=True, exist_ok=True)
-    config = _write_config(base, repo, sharing)
+    config = _write_config(base, repo, sharing, more)
     state, log = base / "state", base / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -146,7 +147,7 @@ def test_the_pull_is_run_by_the_daemon_and_lands_in_its_repository(
     document = json.loads(result.stdout)
     assert document["pulled_by"] == "daemon"
     assert document["commit"] == published[1] and document["ref"] == REF
-    assert "as lanshare pull asked" in client.log.read_text()
+    assert "handed over by a command" in client.log.read_text()
     assert Repo.open(client.repo).read_ref(REF) == published[1]
     ostree("fsck", f"--repo={client.repo}")
     # The daemon regenerated its summary: a stock client of this daemon sees the new ref.
@@ -267,7 +268,7 @@ def test_an_interrupted_command_stops_the_daemons_pull_and_the_next_one_complete
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    while "as lanshare pull asked" not in client.log.read_text():
+    while "handed over by a command" not in client.log.read_text():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     time.sleep(0.5)  # into the transfer (it takes seconds at 200 KB/s)
@@ -329,3 +330,38 @@ def test_a_state_directory_deeper_than_a_socket_name_allows_still_gets_its_socke
     finally:
         assert server.stop() == 0, server.log.read_text()
     assert not socket_path(server.state).exists()  # removed at a clean stop
+
+
+def test_lanshare_upgrade_hands_its_pulls_to_the_daemon_too(tmp_path: Path) -> None:
+    publisher = tmp_path / "publisher"
+    v1 = lanshare_commit(publisher, REF, build_tree(tmp_path / "tree1", 1), "--version", "1")
+    v2 = lanshare_commit(publisher, REF, build_tree(tmp_path / "tree2", 2), "--version", "2")
+    base = tmp_path / "machine"
+    base.mkdir()
+    hook, deployed = base / "hook", base / "deployed"
+    hook.write_text('#!/bin/sh\necho "$LANSHARE_COMMIT" >> "$(dirname "$0")/hook.log"\n')
+    hook.chmod(0o755)
+    deployed.write_text(f"{v1}\n")
+    # Origin polling off (one day between polls), so the only pull is the one upgrade asks for.
+    server = _serve(
+        base,
+        base / "repo",
+        "",
+        f'[origin]\nurl = "file://{publisher}"\npoll_interval = "1d"\n'
+        f'[upgrade]\ndeploy_command = ["{hook}"]\ndeployed_commit_file = "{deployed}"\n',
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "lanshare.cli", "upgrade", "--config", str(server.config)],
+            cwd=SOURCE_ROOT,
+            env=_env(server.state),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (base / "hook.log").read_text().split() == [v2]
+        assert "handed over by a command" in server.log.read_text()
+        assert Repo.open(server.repo).read_ref(REF) == v2
+    finally:
+        assert server.stop() == 0, server.log.read_text()

@@ -229,6 +229,7 @@ def test_the_daemon_runs_hardened_under_systemd_and_stops_cleanly(container: Con
 
 def test_the_timer_runs_upgrade_and_the_journal_has_it(container: Container, chain: Chain) -> None:
     container.run("systemctl", "start", "lanshare.service")
+    handed_before = container.journal("lanshare.service").count("handed over by a command")
     container.run("sh", "-c", f"echo {chain.v1} > /var/lib/lanshare-deployed")
     container.run("systemctl", "start", "lanshare-upgrade.timer")
     container.wait_for(
@@ -242,7 +243,10 @@ def test_the_timer_runs_upgrade_and_the_journal_has_it(container: Container, cha
     assert container.show("lanshare-upgrade.service", "ExecMainStatus") == "10"
     assert container.show("lanshare-upgrade.service", "Result") == "success"
     assert container.run("cat", "/var/lib/lanshare-deployed").stdout.strip() == chain.v2
-    # Root pulled into the cache as the daemon's user: nothing in it belongs to root.
+    # The daemon ran the upgrade's pulls (its control socket), so the cache stays the daemon's
+    # user's: nothing in it belongs to root.
+    journal = container.journal("lanshare.service")
+    assert journal.count("handed over by a command") > handed_before, journal
     owned = container.run("find", "/var/lib/lanshare", "-not", "-user", "lanshare").stdout.split()
     assert owned == []
     assert container.show("lanshare.service", "ActiveState") == "active"

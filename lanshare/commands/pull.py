@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from lanshare.cli import EXIT_FAILURE, EXIT_OK, print_json
 from lanshare.config import Config, load_config
-from lanshare.control import PullRequest, pull_settings, socket_path
 from lanshare.errors import PullError
 from lanshare.progress import ProgressCallback, pull_progress_bar
 from lanshare.units import format_size
@@ -54,15 +52,10 @@ def _by_daemon(
     args: argparse.Namespace, config: Config, progress: ProgressCallback | None
 ) -> dict[str, Any] | None:
     """The daemon's pull document, or None when no daemon on this repository takes the pull."""
-    from lanshare.control.client import NoDaemon, request_pull
+    from lanshare.control.client import DaemonPulls
 
-    repo = Path(args.repo or config.repo.path).absolute()
-    sources, watched = tuple(args.sources), progress is not None
-    request = PullRequest(args.target, str(repo), pull_settings(config), args.ref, sources, watched)
-    try:
-        return request_pull(socket_path(config.state_dir), request, progress, _note)
-    except NoDaemon:
-        return None
+    daemon = DaemonPulls.for_command(config, args.repo)
+    return daemon.pull(args.target, args.ref, tuple(args.sources), progress, _note)
 
 
 def _here(args: argparse.Namespace, config: Config, progress: ProgressCallback | None) -> dict[str, Any]:

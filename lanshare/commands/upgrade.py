@@ -11,6 +11,7 @@ from functools import partial
 
 from lanshare.cli import print_json
 from lanshare.context import Context
+from lanshare.control.client import DaemonPulls
 from lanshare.deploy.owner import Identity
 from lanshare.deploy.reboot import reboot
 from lanshare.errors import Error, UsageError
@@ -134,6 +135,7 @@ def _upgrade(ctx: Context, args: argparse.Namespace, identity: Identity) -> Upgr
         index,
         partial(pull_progress_bar, not json_output),
         _warn,
+        daemon=DaemonPulls.for_command(config, args.repo),
     )
     show = (lambda step, left: None) if json_output else _show_step
     return Upgrade(fetcher, config.upgrade, show, partial(_relay, json_output), _warn, identity)

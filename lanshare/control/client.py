@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lanshare.control import PullRequest, socket_address
+from lanshare.control import PullRequest, pull_settings, socket_address, socket_path
 from lanshare.errors import PullError, UsageError
 from lanshare.progress import ProgressUpdate
+
+if TYPE_CHECKING:
+    from lanshare.config import Config
 
 # Connecting to a live daemon's socket is immediate; this only bounds a daemon too busy to accept.
 CONNECT_TIMEOUT = 5.0
@@ -18,6 +22,37 @@ CONNECT_TIMEOUT = 5.0
 
 class NoDaemon(Exception):
     """No daemon takes this pull (none runs, a stale socket, another repository or settings)."""
+
+
+@dataclass(frozen=True)
+class DaemonPulls:
+    """Pulls handed to this machine's daemon by a command (``lanshare pull``, ``lanshare upgrade``)."""
+
+    socket: Path
+    repo: str  # the repository the command works on, absolute
+    settings: str  # the command's pull_settings()
+
+    @classmethod
+    def for_command(cls, config: Config, repo: Path | None) -> DaemonPulls:
+        """For a command that read ``config`` and works on ``repo`` (``--repo``, else the config's)."""
+        path = Path(repo or config.repo.path).absolute()
+        return cls(socket_path(config.state_dir), str(path), pull_settings(config))
+
+    def pull(
+        self,
+        target: str,
+        ref: str | None = None,
+        sources: tuple[str, ...] = (),
+        progress: Callable[[ProgressUpdate], None] | None = None,
+        note: Callable[[str], None] | None = None,
+    ) -> dict[str, Any] | None:
+        """The daemon's ``--json`` document of the pull, or None when no daemon takes it (the
+        command pulls itself).  PullError and UsageError as :func:`request_pull`."""
+        request = PullRequest(target, self.repo, self.settings, ref, sources, progress is not None)
+        try:
+            return request_pull(self.socket, request, progress, note)
+        except NoDaemon:
+            return None
 
 
 def request_pull(

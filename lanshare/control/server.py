@@ -185,7 +185,7 @@ async def _run(app: web.Application, asked: PullRequest, send: Send) -> dict[str
         if background.lock.locked():
             await send({"note": "waiting for the daemon's own pull to finish"})
         async with background.lock:
-            log.info("pulling %s, as lanshare pull asked", asked.target)
+            log.info("pulling %s, handed over by a command (lanshare pull or upgrade)", asked.target)
             result = await pull(
                 repo,
                 asked.target,
