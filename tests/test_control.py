@@ -365,3 +365,19 @@ def test_lanshare_upgrade_hands_its_pulls_to_the_daemon_too(tmp_path: Path) -> N
         assert Repo.open(server.repo).read_ref(REF) == v2
     finally:
         assert server.stop() == 0, server.log.read_text()
+
+
+def test_a_pull_asked_during_the_daemons_own_round_waits_for_it_and_fetches_nothing_twice(
+    tmp_path: Path, origin: Serve
+) -> None:
+    # No peers and no discovery: the daemon's first origin round starts at once, and takes seconds.
+    more = f'[origin]\nurl = "{origin.url}"\nrefs = ["{REF}"]\npoll_interval = "1d"\n'
+    server = _serve(tmp_path / "m", tmp_path / "m" / "repo", "", more)
+    try:
+        result = _pull(server.config, server.state, REF)
+        assert result.returncode == 0, result.stderr
+        assert "lanshare: waiting for the daemon's own pull to finish" in result.stderr
+        # The round brought the commit; the command's pull, run after it, had nothing to fetch.
+        assert "already up to date (pulled by the daemon)" in result.stdout, result.stdout
+    finally:
+        assert server.stop() == 0, server.log.read_text()
