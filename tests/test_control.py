@@ -381,3 +381,27 @@ def test_a_pull_asked_during_the_daemons_own_round_waits_for_it_and_fetches_noth
         assert "already up to date (pulled by the daemon)" in result.stdout, result.stdout
     finally:
         assert server.stop() == 0, server.log.read_text()
+
+
+def test_a_state_directory_whose_socket_name_is_taken_stops_the_daemon_with_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    socket_path(state).mkdir(parents=True)  # something that is not a socket, and not removable
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lanshare.cli",
+            "serve",
+            "--config",
+            str(_write_config(tmp_path, tmp_path / "repo")),
+        ],
+        cwd=SOURCE_ROOT,
+        env=_env(state),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lanshare: error: cannot replace ") and "control.sock" in last, result.stderr
+    assert "Traceback" not in result.stderr

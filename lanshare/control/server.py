@@ -81,14 +81,18 @@ def _listen(path: Path) -> socket.socket:
             probe.connect(address)
         except (FileNotFoundError, ConnectionRefusedError):
             pass  # none, or a dead daemon's
+        except OSError as e:  # not ours to replace (another user's, say): say so, start nothing
+            raise daemon.DaemonError(f"cannot use the control socket {path}: {e.strerror or e}") from e
         else:
             raise daemon.DaemonError(
                 f"another lanshare daemon uses the state directory {path.parent} (its control socket answers)"
             )
         finally:
             probe.close()
-        with suppress(FileNotFoundError):
-            path.unlink()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:  # a directory of that name, say
+            raise daemon.DaemonError(f"cannot replace {path}: {e.strerror or e}") from e
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(address)
