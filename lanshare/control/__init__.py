@@ -82,8 +82,8 @@ class PullRequest:
     """What ``lanshare pull`` asks the daemon to pull, into which repository."""
 
     target: str
-    repo: str  # the repository the CLI would pull into: the daemon refuses (409) if not its own
-    settings: str  # the command's pull_settings(): the daemon refuses (409) if not its own
+    repo: str  # the repository the command would pull into: the daemon refuses if not its own
+    settings: str  # the command's pull_settings(): the daemon refuses if not its own
     ref: str | None = None
     sources: tuple[str, ...] = field(default=())
     progress: bool = False  # whether to send progress lines (a person watches a terminal)
