@@ -42,12 +42,11 @@ from lanshare.deploy.deployed import Deployed, parse_status
 from lanshare.deploy.ostree_admin import OstreeAdmin
 from lanshare.deploy.owner import Identity
 from lanshare.errors import CorruptObject, Error, UsageError
-from lanshare.index import sync
 from lanshare.ostree.objects import ObjectType, is_checksum
 from lanshare.ostree.repo import Repo
-from lanshare.ostree.repo_summary import refresh_summary
 from lanshare.progress import ProgressCallback
 from lanshare.pull import PullError, PullOptions, pull
+from lanshare.pull.configured import record_pull
 from lanshare.pull.errors import SourceFailure
 from lanshare.pull.sources import PlanEntry, expand_plan, open_sources, why_no_sources
 from lanshare.update_path import MAX_HISTORY, PathError, RepoGraph, Step, UpdatePath, compute_path
@@ -213,12 +212,8 @@ class Fetcher:
             result = await pull(
                 self.repo, target, self.plan, options=self.options, index=self.index, progress=progress
             )
-        if not result.up_to_date:
-            # As after `lanshare pull`: peers and stock clients see the new ref in the summary.
-            await asyncio.to_thread(refresh_summary, self.repo)
-            if self.index is not None:
-                record = sync.record_commits
-                await asyncio.to_thread(record, self.index, self.repo, [result.commit], result.ref)
+        # As after `lanshare pull`: peers and stock clients see the new ref in the summary.
+        await asyncio.to_thread(record_pull, self.repo, self.index, result, regenerate_summary=False)
 
     async def refresh_ref(self, ref: str) -> None:
         """Bring ``ref`` up to its newest verified head; a failure only leaves it as it was."""
