@@ -39,6 +39,7 @@ from pathlib import Path
 
 from bench.bench_pull import (
     DAEMON_WAY,
+    PULLED_BY_DAEMON,
     LanshareServer,
     Way,
     _cpu_seconds,
@@ -230,7 +231,7 @@ def run_fanout(
                     client_cpu += _cpu_seconds(daemon.pid, children=True) - before
                     daemon.stop()
                 for i in range(clients if daemons else 0):
-                    if "(pulled by the daemon)" not in (logs / f"client{i}.log").read_text():
+                    if PULLED_BY_DAEMON not in (logs / f"client{i}.log").read_text():
                         raise BenchError(f"client {i}'s daemon did not run its pull: see {logs}")
                 run = FanoutRun(
                     wall, client_cpu, client_switches, _cpu_seconds(pid) - cpu, _peak_rss_kib(pid),

@@ -241,6 +241,8 @@ class Way:
 
 
 DAEMON_WAY = "lanshare-daemon"
+# What `lanshare pull` prints when its daemon ran the pull: the daemon way checks every run for it.
+PULLED_BY_DAEMON = "(pulled by the daemon)"
 
 # Each lanshare way has its own daemon (both serving the same directory): memory a daemon keeps
 # after answering batch requests must not be charged to the one stock ostree pulls from.
@@ -301,7 +303,7 @@ class _Runner:
             spent = _cpu_seconds(daemon.pid, children=True) - before
             peak = _peak_rss_kib(daemon.pid)
             daemon.stop()  # not timed
-            if "(pulled by the daemon)" not in run.stdout:
+            if PULLED_BY_DAEMON not in run.stdout:
                 raise BenchError(f"the daemon did not run the pull: {run.stdout}")
             return Run(run.wall, run.cpu + spent, max(run.maxrss_kib, peak), run.stdout)
 
